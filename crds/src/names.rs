@@ -1,0 +1,93 @@
+//! Every literal the operator and the sidecar share, written once.
+
+/// API group of sidekey's custom resources.
+pub const GROUP: &str = "sidekey.dev";
+/// The served version of `ApiDatasource`.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of `ApiDatasource` manifests and of the resolved spec.
+pub const API_VERSION: &str = "sidekey.dev/v1alpha1";
+/// Kind of the custom resource.
+pub const KIND: &str = "ApiDatasource";
+/// Kind written at the top of the resolved spec inside the ConfigMap.
+pub const RESOLVED_KIND: &str = "ResolvedApiDatasource";
+
+/// Label that sends a pod to the admission webhook (its objectSelector).
+pub const INJECT_LABEL: &str = "sidekey.dev/inject";
+/// Annotation listing the datasources a pod uses: `payments,crm:15001`.
+pub const DATASOURCES_ANNOTATION: &str = "sidekey.dev/datasources";
+
+/// Field manager for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "sidekey-operator";
+/// Suffix of the ConfigMap the operator writes for a datasource.
+pub const CONFIGMAP_SUFFIX: &str = "-sidekey";
+/// Key in that ConfigMap holding the resolved spec (YAML).
+pub const CONFIGMAP_KEY: &str = "datasource.yaml";
+/// Label put on every ConfigMap the operator owns.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "sidekey";
+/// Label naming the datasource a ConfigMap was written for.
+pub const DATASOURCE_LABEL: &str = "sidekey.dev/datasource";
+
+/// Where the webhook mounts each datasource's ConfigMap in the sidecar.
+pub const CONFIG_MOUNT_DIR: &str = "/etc/sidekey/datasources";
+/// Where the webhook mounts Secrets in the sidecar: `<dir>/<secret>/<key>`,
+/// the layout of a Secret volume, also used by the local mode.
+pub const SECRETS_MOUNT_DIR: &str = "/var/run/secrets/sidekey";
+
+/// First port given to a pod's datasources when the annotation names none.
+pub const FIRST_PROXY_PORT: u16 = 15000;
+/// Default admin port of the sidecar (`/healthz`, `/readyz`, `/metrics`).
+pub const SIDECAR_ADMIN_PORT: u16 = 15090;
+/// Default admin port of the operator.
+pub const OPERATOR_ADMIN_PORT: u16 = 8080;
+
+/// Default header carrying the signature JWT; existing verifiers read it.
+pub const DEFAULT_SIGNATURE_HEADER: &str = "X-APPSMITH-SIGNATURE";
+/// Default `iss` claim of the signature JWT.
+pub const DEFAULT_SIGNATURE_ISSUER: &str = "Appsmith";
+/// Default lifetime of a signature JWT.
+pub const DEFAULT_SIGNATURE_TTL_SECONDS: u32 = 600;
+/// Shortest signature key accepted.
+pub const MIN_SIGNATURE_KEY_LEN: usize = 32;
+/// Token lifetime assumed when a token endpoint sends no `expires_in`.
+pub const DEFAULT_TOKEN_LIFETIME_SECONDS: u32 = 3600;
+/// Query parameter carrying the OAuth token when `addTokenTo: QueryParameter`.
+pub const ACCESS_TOKEN_QUERY_PARAMETER: &str = "access_token";
+
+/// Name of the ConfigMap the operator writes for datasource `name`.
+pub fn configmap_name(datasource: &str) -> String {
+    format!("{datasource}{CONFIGMAP_SUFFIX}")
+}
+
+/// `SIDEKEY_<NAME>_URL`: the variable app containers read for a datasource.
+pub fn url_env_name(datasource: &str) -> String {
+    let upper: String = datasource
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("SIDEKEY_{upper}_URL")
+}
+
+/// Path of a secret key relative to the secrets directory.
+pub fn secret_file_path(secret: &str, key: &str) -> String {
+    format!("{secret}/{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_name_upper_cases_and_replaces_dashes() {
+        assert_eq!(url_env_name("payments-eu"), "SIDEKEY_PAYMENTS_EU_URL");
+    }
+
+    #[test]
+    fn configmap_name_appends_suffix() {
+        assert_eq!(configmap_name("payments"), "payments-sidekey");
+    }
+}

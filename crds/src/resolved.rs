@@ -1,0 +1,495 @@
+//! The resolved spec: what the operator writes into the ConfigMap and the
+//! sidecar reads. Every default is filled in, only the block of the chosen
+//! authentication type is kept, and each secret reference carries the file
+//! path (relative to the secrets directory) where the sidecar finds it.
+//! Secret values never appear here.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::datasource::*;
+use crate::names;
+
+/// A datasource with every default filled in, ready for the sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedDatasource {
+    /// Always `sidekey.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `ResolvedApiDatasource`.
+    pub kind: String,
+    /// Name of the ApiDatasource.
+    pub name: String,
+    /// Namespace of the ApiDatasource, when it came from a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub headers: Vec<NameValue>,
+    #[serde(default)]
+    pub query_parameters: Vec<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ResolvedSignature>,
+    pub tls: ResolvedTls,
+    pub authentication: ResolvedAuthentication,
+}
+
+/// A secret reference and where the sidecar reads it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretFile {
+    /// Name of the Secret.
+    pub secret: String,
+    /// Key within the Secret.
+    pub key: String,
+    /// `<secret>/<key>`, relative to the sidecar's secrets directory.
+    pub path: String,
+}
+
+impl From<&SecretRef> for SecretFile {
+    fn from(r: &SecretRef) -> Self {
+        Self {
+            secret: r.name.clone(),
+            key: r.key.clone(),
+            path: names::secret_file_path(&r.name, &r.key),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedSignature {
+    pub secret: SecretFile,
+    pub header_name: String,
+    pub issuer: String,
+    pub ttl_seconds: u32,
+    pub algorithm: SignatureAlgorithm,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<SecretFile>,
+    pub trust_system_roots: bool,
+}
+
+/// The one authentication scheme in force, with its settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum ResolvedAuthentication {
+    None,
+    Basic {
+        username: String,
+        password: SecretFile,
+    },
+    ApiKey {
+        key: String,
+        value: SecretFile,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+        add_to: ApiKeyPlacement,
+    },
+    BearerToken {
+        token: SecretFile,
+    },
+    OAuth2(ResolvedOAuth2),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedOAuth2 {
+    pub grant_type: GrantType,
+    pub access_token_url: String,
+    pub client_id: String,
+    pub client_secret: SecretFile,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub client_authentication: ClientAuthentication,
+    pub add_token_to: TokenPlacement,
+    pub header_prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub custom_parameters: Vec<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+    pub send_scope_on_refresh: bool,
+    pub token_lifetime_seconds: u32,
+}
+
+/// What is wrong with a spec, before any Secret is read.
+#[derive(Debug, Error, PartialEq)]
+pub enum SpecError {
+    #[error("{field} {url:?} is not a valid URL: {reason}")]
+    InvalidUrl {
+        field: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    InvalidAuthentication(String),
+    #[error("{field} {name:?} is not a valid HTTP header name")]
+    InvalidHeaderName { field: &'static str, name: String },
+    #[error("not a datasource file: {0}")]
+    InvalidFile(String),
+}
+
+impl SpecError {
+    /// The status reason (CamelCase) a user sees for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl { .. } => "InvalidUrl",
+            Self::InvalidAuthentication(_) => "InvalidAuthentication",
+            Self::InvalidHeaderName { .. } => "InvalidHeader",
+            Self::InvalidFile(_) => "InvalidFile",
+        }
+    }
+}
+
+impl ApiDatasource {
+    /// The resolved spec of this object.
+    pub fn resolve(&self) -> Result<ResolvedDatasource, SpecError> {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        self.spec.resolve(&name, self.metadata.namespace.as_deref())
+    }
+}
+
+impl ApiDatasourceSpec {
+    /// Checks what the schema cannot and fills in every default.
+    pub fn resolve(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<ResolvedDatasource, SpecError> {
+        check_url("spec.url", &self.url)?;
+        for h in &self.headers {
+            check_header_name("spec.headers", &h.name)?;
+        }
+        let signature = match &self.signature {
+            Some(s) => {
+                check_header_name("spec.signature.headerName", &s.header_name)?;
+                Some(ResolvedSignature {
+                    secret: (&s.secret_ref).into(),
+                    header_name: s.header_name.clone(),
+                    issuer: s.issuer.clone(),
+                    ttl_seconds: s.ttl_seconds,
+                    algorithm: s.algorithm,
+                })
+            }
+            None => None,
+        };
+        let tls = self.tls.clone().unwrap_or_default();
+        Ok(ResolvedDatasource {
+            api_version: names::API_VERSION.to_owned(),
+            kind: names::RESOLVED_KIND.to_owned(),
+            name: name.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            query_parameters: self.query_parameters.clone(),
+            signature,
+            tls: ResolvedTls {
+                ca_certificate: tls.ca_certificate_secret_ref.as_ref().map(Into::into),
+                trust_system_roots: tls.trust_system_roots,
+            },
+            authentication: self.authentication.resolve()?,
+        })
+    }
+}
+
+impl Authentication {
+    fn resolve(&self) -> Result<ResolvedAuthentication, SpecError> {
+        let t = self.type_;
+        // A block for another type is a mistake worth naming, not ignoring.
+        let blocks = [
+            ("basic", AuthenticationType::Basic, self.basic.is_some()),
+            ("oauth2", AuthenticationType::OAuth2, self.oauth2.is_some()),
+            ("apiKey", AuthenticationType::ApiKey, self.api_key.is_some()),
+            (
+                "bearerToken",
+                AuthenticationType::BearerToken,
+                self.bearer_token.is_some(),
+            ),
+        ];
+        for (field, owner, present) in blocks {
+            if present && owner != t {
+                return Err(SpecError::InvalidAuthentication(format!(
+                    "spec.authentication.type is {} but spec.authentication.{field} is set: \
+                     remove it or set type to {}",
+                    t.as_str(),
+                    owner.as_str()
+                )));
+            }
+        }
+        let missing = |field: &str| {
+            SpecError::InvalidAuthentication(format!(
+                "spec.authentication.type is {} but spec.authentication.{field} is missing",
+                t.as_str()
+            ))
+        };
+        Ok(match t {
+            AuthenticationType::None => ResolvedAuthentication::None,
+            AuthenticationType::Basic => {
+                let b = self.basic.as_ref().ok_or_else(|| missing("basic"))?;
+                ResolvedAuthentication::Basic {
+                    username: b.username.clone(),
+                    password: (&b.password_secret_ref).into(),
+                }
+            }
+            AuthenticationType::ApiKey => {
+                let k = self.api_key.as_ref().ok_or_else(|| missing("apiKey"))?;
+                if k.add_to == ApiKeyPlacement::Header {
+                    check_header_name("spec.authentication.apiKey.key", &k.key)?;
+                }
+                ResolvedAuthentication::ApiKey {
+                    key: k.key.clone(),
+                    value: (&k.value_secret_ref).into(),
+                    prefix: k.prefix.clone().filter(|p| !p.is_empty()),
+                    add_to: k.add_to,
+                }
+            }
+            AuthenticationType::BearerToken => {
+                let b = self
+                    .bearer_token
+                    .as_ref()
+                    .ok_or_else(|| missing("bearerToken"))?;
+                ResolvedAuthentication::BearerToken {
+                    token: (&b.token_secret_ref).into(),
+                }
+            }
+            AuthenticationType::OAuth2 => {
+                let o = self.oauth2.as_ref().ok_or_else(|| missing("oauth2"))?;
+                check_url(
+                    "spec.authentication.oauth2.accessTokenUrl",
+                    &o.access_token_url,
+                )?;
+                if o.grant_type == GrantType::AuthorizationCode {
+                    for (field, value) in [
+                        ("authorizationUrl", &o.authorization_url),
+                        ("redirectUrl", &o.redirect_url),
+                    ] {
+                        let value = value.as_deref().ok_or_else(|| {
+                            SpecError::InvalidAuthentication(format!(
+                                "grantType AuthorizationCode needs \
+                                 spec.authentication.oauth2.{field}"
+                            ))
+                        })?;
+                        check_url("spec.authentication.oauth2 URL", value)?;
+                    }
+                }
+                ResolvedAuthentication::OAuth2(ResolvedOAuth2 {
+                    grant_type: o.grant_type,
+                    access_token_url: o.access_token_url.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret: (&o.client_secret_ref).into(),
+                    scopes: o.scopes.clone(),
+                    client_authentication: o.client_authentication,
+                    add_token_to: o.add_token_to,
+                    header_prefix: o.header_prefix.clone(),
+                    audience: o.audience.clone(),
+                    resource: o.resource.clone(),
+                    custom_parameters: o.custom_parameters.clone(),
+                    authorization_url: o.authorization_url.clone(),
+                    redirect_url: o.redirect_url.clone(),
+                    send_scope_on_refresh: o.send_scope_on_refresh,
+                    token_lifetime_seconds: o.token_lifetime_seconds,
+                })
+            }
+        })
+    }
+}
+
+impl ResolvedDatasource {
+    /// Every secret the datasource reads, in a stable order.
+    pub fn secret_files(&self) -> Vec<&SecretFile> {
+        let mut files = Vec::new();
+        match &self.authentication {
+            ResolvedAuthentication::None => {}
+            ResolvedAuthentication::Basic { password, .. } => files.push(password),
+            ResolvedAuthentication::ApiKey { value, .. } => files.push(value),
+            ResolvedAuthentication::BearerToken { token } => files.push(token),
+            ResolvedAuthentication::OAuth2(o) => files.push(&o.client_secret),
+        }
+        if let Some(s) = &self.signature {
+            files.push(&s.secret);
+        }
+        if let Some(ca) = &self.tls.ca_certificate {
+            files.push(ca);
+        }
+        files
+    }
+
+    /// Parses a datasource file: an `ApiDatasource` manifest or the resolved
+    /// spec the operator writes (YAML or JSON).
+    pub fn from_yaml(text: &str) -> Result<Self, SpecError> {
+        #[derive(Deserialize)]
+        struct Head {
+            kind: Option<String>,
+        }
+        let bad = |e: serde_saphyr::Error| SpecError::InvalidFile(e.to_string());
+        let head: Head = serde_saphyr::from_str(text).map_err(bad)?;
+        match head.kind.as_deref() {
+            Some(names::KIND) => {
+                let ds: ApiDatasource = serde_saphyr::from_str(text).map_err(bad)?;
+                ds.resolve()
+            }
+            Some(names::RESOLVED_KIND) => {
+                let resolved: ResolvedDatasource = serde_saphyr::from_str(text).map_err(bad)?;
+                check_url("url", &resolved.url)?;
+                Ok(resolved)
+            }
+            other => Err(SpecError::InvalidFile(format!(
+                "kind is {other:?}, expected {:?} or {:?}",
+                names::KIND,
+                names::RESOLVED_KIND
+            ))),
+        }
+    }
+
+    /// The resolved spec as the YAML the ConfigMap carries.
+    pub fn to_yaml(&self) -> String {
+        // Plain data of strings, numbers and lists: serialization cannot fail.
+        serde_saphyr::to_string(self)
+            .unwrap_or_else(|e| panic!("resolved spec does not serialize: {e}"))
+    }
+}
+
+fn check_url(field: &'static str, value: &str) -> Result<(), SpecError> {
+    let invalid = |reason: String| SpecError::InvalidUrl {
+        field,
+        url: value.to_owned(),
+        reason,
+    };
+    let url = url::Url::parse(value).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it has no host".into()));
+    }
+    if url.fragment().is_some() {
+        return Err(invalid("a fragment (#...) is never sent".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "credentials in the URL would be stored in plain text: use spec.authentication".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9110 token characters.
+fn check_header_name(field: &'static str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::InvalidHeaderName {
+            field,
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<ResolvedDatasource, SpecError> {
+        ResolvedDatasource::from_yaml(yaml)
+    }
+
+    const OAUTH: &str = r#"
+apiVersion: sidekey.dev/v1alpha1
+kind: ApiDatasource
+metadata: { name: payments, namespace: shop }
+spec:
+  url: https://payments.internal:8443/v2
+  headers: [ { name: X-Tenant, value: acme } ]
+  signature:
+    secretRef: { name: signing, key: key }
+  authentication:
+    type: OAuth2
+    oauth2:
+      accessTokenUrl: https://auth.internal/oauth/token
+      clientId: shop-payments
+      clientSecretRef: { name: payments-oauth, key: client-secret }
+      scopes: [ payments.read ]
+"#;
+
+    #[test]
+    fn manifest_resolves_with_defaults_filled_in() {
+        let r = parse(OAUTH).expect("valid");
+        assert_eq!(r.name, "payments");
+        assert_eq!(r.namespace.as_deref(), Some("shop"));
+        let sig = r.signature.as_ref().expect("signature");
+        assert_eq!(sig.header_name, "X-APPSMITH-SIGNATURE");
+        assert_eq!(sig.issuer, "Appsmith");
+        assert_eq!(sig.ttl_seconds, 600);
+        assert_eq!(sig.secret.path, "signing/key");
+        assert!(r.tls.trust_system_roots);
+        let ResolvedAuthentication::OAuth2(o) = &r.authentication else {
+            panic!("not oauth2: {:?}", r.authentication)
+        };
+        assert_eq!(o.header_prefix, "Bearer");
+        assert_eq!(o.client_authentication, ClientAuthentication::Body);
+        assert_eq!(o.add_token_to, TokenPlacement::Header);
+        assert_eq!(o.token_lifetime_seconds, 3600);
+        assert_eq!(o.client_secret.path, "payments-oauth/client-secret");
+    }
+
+    #[test]
+    fn resolved_spec_round_trips_through_yaml() {
+        let r = parse(OAUTH).expect("valid");
+        let again = parse(&r.to_yaml()).expect("resolved spec parses");
+        assert_eq!(r, again);
+    }
+
+    #[test]
+    fn block_of_another_type_is_refused() {
+        let yaml = OAUTH.replace("type: OAuth2", "type: Basic");
+        let err = parse(&yaml).expect_err("mismatch");
+        assert_eq!(err.reason(), "InvalidAuthentication");
+        assert!(err.to_string().contains("oauth2 is set"), "{err}");
+    }
+
+    #[test]
+    fn missing_block_is_named() {
+        let yaml = "kind: ApiDatasource\nmetadata: {name: a}\nspec:\n  url: https://h\n  authentication: {type: BearerToken}\n";
+        let err = parse(yaml).expect_err("missing");
+        assert!(err.to_string().contains("bearerToken is missing"), "{err}");
+    }
+
+    #[test]
+    fn non_http_url_is_refused() {
+        let yaml = "kind: ApiDatasource\nmetadata: {name: a}\nspec:\n  url: ftp://h/x\n";
+        assert_eq!(parse(yaml).expect_err("ftp").reason(), "InvalidUrl");
+    }
+
+    #[test]
+    fn authorization_code_needs_its_urls() {
+        let yaml = OAUTH.replace(
+            "scopes: [ payments.read ]",
+            "scopes: [ a ]\n      grantType: AuthorizationCode",
+        );
+        let err = parse(&yaml).expect_err("needs urls");
+        assert!(err.to_string().contains("authorizationUrl"), "{err}");
+    }
+
+    #[test]
+    fn unknown_kind_is_refused() {
+        let err = parse("kind: Pod\n").expect_err("pod");
+        assert_eq!(err.reason(), "InvalidFile");
+    }
+}
