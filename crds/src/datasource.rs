@@ -1,5 +1,6 @@
 //! The `ApiDatasource` custom resource: one upstream API, declared once.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -357,12 +358,35 @@ fn default_token_lifetime() -> u32 {
     names::DEFAULT_TOKEN_LIFETIME_SECONDS
 }
 
+/// The CRD to install. Use this, not `ApiDatasource::crd()`.
+///
+/// kube marks every `Option` field `nullable: true`. API servers publish
+/// nullable fields to OpenAPI v2 without their type and properties, so
+/// `kubectl explain` would show nothing below `signature`, `tls` or the
+/// authentication blocks. sidekey never writes null (absent fields are
+/// skipped), so the marks are dropped.
+pub fn crd() -> CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    fn strip_nullable(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("nullable");
+                map.values_mut().for_each(strip_nullable);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+            _ => {}
+        }
+    }
+    let crd = ApiDatasource::crd();
+    let mut value = serde_json::to_value(&crd).unwrap_or_else(|e| panic!("CRD to JSON: {e}"));
+    strip_nullable(&mut value);
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("CRD from JSON: {e}"))
+}
+
 /// The CRD as YAML, as checked in under `crds/`.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let crd = ApiDatasource::crd();
     // serde-saphyr cannot fail on a value that serde_json accepts.
-    serde_saphyr::to_string(&crd).unwrap_or_else(|e| panic!("CRD does not serialize: {e}"))
+    serde_saphyr::to_string(&crd()).unwrap_or_else(|e| panic!("CRD does not serialize: {e}"))
 }
 
 #[cfg(test)]
