@@ -214,7 +214,7 @@ pub struct ApiKey {
     /// headers only. Empty: the value alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// Where the key goes.
+    /// Where the key goes: Header or QueryParameter.
     #[serde(default)]
     pub add_to: ApiKeyPlacement,
 }
@@ -242,7 +242,8 @@ pub struct BearerToken {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2 {
-    /// The grant used to obtain tokens.
+    /// The grant used to obtain tokens: ClientCredentials or
+    /// AuthorizationCode.
     #[serde(default)]
     pub grant_type: GrantType,
     /// The token endpoint.
@@ -256,12 +257,14 @@ pub struct OAuth2 {
     /// Scopes requested, sent space-separated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
-    /// How the client authenticates to the token endpoint: in the form body
-    /// (`client_id`, `client_secret`) or in an HTTP Basic header.
+    /// How the client authenticates to the token endpoint: Body puts
+    /// `client_id` and `client_secret` in the form body, BasicHeader sends an
+    /// RFC 6749 HTTP Basic header.
     #[serde(default)]
     pub client_authentication: ClientAuthentication,
-    /// Where the access token goes on each request: the Authorization
-    /// header, or the `access_token` query parameter.
+    /// Where the access token goes on each request: Header
+    /// (`Authorization: <headerPrefix> <token>`) or QueryParameter
+    /// (`access_token=<token>`).
     #[serde(default)]
     pub add_token_to: TokenPlacement,
     /// Written before the token in the Authorization header.
