@@ -1,0 +1,561 @@
+#!/usr/bin/env bash
+# Proxy overhead benchmark: the upstream directly, sidekey (static bearer
+# token; OAuth2 client credentials plus the signature header) and nginx as
+# an authenticating reverse proxy, all on 127.0.0.1, measured with wrk.
+# Prints a Markdown table and writes it to bench/results.md.
+# See bench/README.md for the method.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/bench"
+
+DURATION=${BENCH_DURATION:-10}       # seconds per measured run
+WARMUP=${BENCH_WARMUP:-2}            # seconds of warm-up before each run
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+WRK_THREADS=${BENCH_WRK_THREADS:-1}
+RESULTS=${BENCH_RESULTS:-$BENCH_DIR/results.md}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools
+need_apt=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]} with apt-get"
+    # policy-rc.d (present in containers) keeps the packaged nginx service
+    # from starting; if it does start, that one is not ours to stop.
+    apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null && apt-get install -y -q "${need_apt[@]}" >/dev/null; } ||
+        die "apt-get install ${need_apt[*]} failed"
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# ---------------------------------------------------------------- sidecar
+SIDEKEY_STATUS=ok
+if [ -n "${SIDEKEY_BIN:-}" ]; then
+    [ -x "$SIDEKEY_BIN" ] || die "SIDEKEY_BIN=$SIDEKEY_BIN is not executable"
+else
+    target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+    SIDEKEY_BIN="$target_dir/release/sidekey-sidecar"
+    log "building sidekey-sidecar (release) into $target_dir"
+    if ! (cd "$ROOT" && cargo build --release -q -p sidekey-sidecar); then
+        SIDEKEY_STATUS="pending (sidekey-sidecar does not build)"
+    fi
+fi
+if [ "$SIDEKEY_STATUS" = ok ] && ! "$SIDEKEY_BIN" --help 2>/dev/null | grep -q -- '--datasource'; then
+    SIDEKEY_STATUS="pending (sidekey-sidecar has no --datasource flag yet)"
+fi
+SIDEKEY_HELP=$("$SIDEKEY_BIN" --help 2>/dev/null || true)
+
+# ---------------------------------------------------------------- processes
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/sidekey-bench.XXXXXX")
+PIDS=()
+
+stop_pid() {
+    local pid=$1 sig=${2:-TERM}
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# nginx workers die with their master (TERM is nginx's fast shutdown), but
+# make sure: a stray worker would keep the port and skew the next run.
+stop_nginx() {
+    local pid=$1 kids
+    kids=$(pgrep -P "$pid" 2>/dev/null || true)
+    stop_pid "$pid" TERM
+    for k in $kids; do stop_pid "$k" KILL; done
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        if [ -n "$pid" ]; then
+            case "$(cat "/proc/$pid/comm" 2>/dev/null)" in
+                nginx) stop_nginx "$pid" ;;
+                *) stop_pid "$pid" TERM ;;
+            esac
+        fi
+    done
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() {
+    local gone=$1 i
+    for i in "${!PIDS[@]}"; do [ "${PIDS[$i]}" = "$gone" ] && unset 'PIDS[i]'; done
+}
+
+# A free port below the usual ephemeral range, so wrk's and the proxies'
+# own outgoing connections cannot take it.
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000))
+        if [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ]; then echo "$p"; return; fi
+    done
+    die "no free port found"
+}
+
+wait_http() { # url [curl args...]: wait until it answers 2xx
+    local url=$1; shift
+    for _ in $(seq 1 150); do
+        curl -fsS -o /dev/null --max-time 1 "$@" "$url" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------- CPUs
+NCPU=$(nproc)
+LOAD_CPU=0                  # wrk and the upstream
+PROXY_CPU=$((NCPU - 1))     # the proxy under test, in the 1-worker rows
+[ "$NCPU" -ge 2 ] || log "only one CPU: the pinned rows share it with wrk and the upstream"
+CLK_TCK=$(getconf CLK_TCK)
+
+# CPU ticks (user+system) used so far by a process and its children.
+cpu_ticks() {
+    local total=0 p
+    for p in "$@" $(pgrep -P "$1" 2>/dev/null || true); do
+        local stat
+        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        stat=${stat##*) }
+        # fields after "comm)": state is 1st, utime 12th, stime 13th
+        total=$((total + $(awk '{print $12 + $13}' <<<"$stat")))
+    done
+    echo "$total"
+}
+
+# kB of a /proc/PID/status field, summed over the process and its children.
+mem_kb() {
+    local field=$1 pid=$2 total=0 p v
+    for p in "$pid" $(pgrep -P "$pid" 2>/dev/null || true); do
+        v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+
+# ---------------------------------------------------------------- certificates
+log "making a CA and a server certificate in $TMP"
+mkdir -p "$TMP/pki"
+(
+    cd "$TMP/pki"
+    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+    openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=sidekey bench CA" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.crt 2>/dev/null
+    openssl ecparam -name prime256v1 -genkey -noout -out server.key 2>/dev/null
+    openssl req -new -key server.key -subj "/CN=localhost" -out server.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -sha256 -extfile server.ext -out server.crt 2>/dev/null
+)
+
+BEARER_TOKEN="bench-$(openssl rand -hex 24)"
+SIGNING_KEY=$(openssl rand -hex 32)   # 64 characters: HS512 under Auto
+
+# ---------------------------------------------------------------- upstream
+UP_PORT=$(free_port)
+UPSTREAM="https://127.0.0.1:$UP_PORT"
+BODY='{"ok":true}'
+
+nginx_common() { # name: the lines every nginx here shares
+    local name=$1
+    mkdir -p "$TMP/$name"
+    cat <<EOF
+daemon off;
+master_process on;
+pid $TMP/$name/nginx.pid;
+error_log $TMP/$name/error.log warn;
+events { worker_connections 8192; multi_accept on; }
+EOF
+}
+
+nginx_http_common() {
+    local name=$1
+    cat <<EOF
+    access_log off;
+    client_body_temp_path $TMP/$name/client_body;
+    proxy_temp_path $TMP/$name/proxy;
+    fastcgi_temp_path $TMP/$name/fastcgi;
+    uwsgi_temp_path $TMP/$name/uwsgi;
+    scgi_temp_path $TMP/$name/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+EOF
+}
+
+{
+    nginx_common upstream
+    echo "worker_processes 1;"
+    echo "http {"
+    nginx_http_common upstream
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$UP_PORT ssl;
+        ssl_certificate $TMP/pki/server.crt;
+        ssl_certificate_key $TMP/pki/server.key;
+        default_type application/json;
+        # The upstream refuses requests without the credentials, so a row
+        # whose proxy does not add them shows as errors instead of figures.
+        location /bearer/ {
+            if (\$http_authorization != "Bearer $BEARER_TOKEN") { return 401 '{"error":"unauthorized"}'; }
+            return 200 '$BODY';
+        }
+        location /oauth/ {
+            if (\$http_authorization !~ "^Bearer .") { return 401 '{"error":"no token"}'; }
+            if (\$http_x_appsmith_signature = "") { return 401 '{"error":"no signature"}'; }
+            return 200 '$BODY';
+        }
+    }
+}
+EOF
+} >"$TMP/upstream.conf"
+
+# Processes start in this shell (not in a $(...) subshell) so they stay its
+# children: cleanup can wait for them and none is left a zombie.
+start_nginx() { # name conf cpus: starts nginx pinned to cpus; sets STARTED_PID
+    local name=$1 conf=$2 cpus=$3
+    "$NGINX" -t -q -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$conf" >/dev/null 2>&1 ||
+        { "$NGINX" -t -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$conf" >&2 || true; die "nginx config $conf is invalid"; }
+    taskset -c "$cpus" "$NGINX" -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$conf" \
+        >"$TMP/$name/stdout.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+}
+
+log "starting the HTTPS upstream (nginx, 1 worker, CPU $LOAD_CPU) on $UPSTREAM"
+start_nginx upstream "$TMP/upstream.conf" "$LOAD_CPU"
+wait_http "$UPSTREAM/bearer/ping" --cacert "$TMP/pki/ca.crt" -H "Authorization: Bearer $BEARER_TOKEN" ||
+    die "the upstream did not come up: $(cat "$TMP/upstream/error.log" 2>/dev/null)"
+
+# ---------------------------------------------------------------- wrk
+parse_ms() { # "1.23ms" -> 1.23
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.2f", n }'
+}
+
+# Results per scenario key. A scenario runs once per round; the round with
+# the highest req/s is reported (other agents' bursts on a shared machine only
+# ever lower a figure), and every round's req/s is listed beside it.
+SCENARIOS=(direct nginx1 bearer1 oauth1 nginxauto bearerauto oauthauto)
+declare -A LABEL RPS P50 P99 ERRORS CPU CPU_US RSS STATUS ROUNDS THREADS
+
+# measure key proxy_pid url [wrk args...]: warm up, run wrk, keep the figures
+# in MEASURED_* (proxy_pid "-": no proxy, the direct row).
+measure() {
+    local key=$1 ppid=$2 url=$3; shift 3
+    local label=${LABEL[$key]}
+    log "$label: warm-up ${WARMUP}s"
+    taskset -c "$LOAD_CPU" wrk -t "$WRK_THREADS" -c "$CONNECTIONS" -d "${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
+    local t0=0 t1=0 out
+    [ "$ppid" = - ] || t0=$(cpu_ticks "$ppid")
+    log "$label: measuring ${DURATION}s"
+    local perf_pid=""
+    if [ "${BENCH_PERF:-0}" = 1 ] && [ "$ppid" != - ] && command -v perf >/dev/null 2>&1; then
+        perf record -q -F 499 -p "$ppid" -o "$TMP/perf-$key.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
+    if ! out=$(taskset -c "$LOAD_CPU" wrk -t "$WRK_THREADS" -c "$CONNECTIONS" -d "${DURATION}s" --latency "$@" "$url" 2>&1); then
+        log "wrk failed: $out"
+        MEASURED_RPS=""
+        return 1
+    fi
+    [ "$ppid" = - ] || t1=$(cpu_ticks "$ppid")
+    if [ -n "$perf_pid" ]; then
+        wait "$perf_pid" 2>/dev/null || true
+        # Flat profile of where the proxy spends its CPU: BENCH_PERF=1 only.
+        perf report -i "$TMP/perf-$key.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | head -n 60 >"$BENCH_DIR/profile-$key.txt" || true
+        log "$label: profile written to bench/profile-$key.txt"
+    fi
+    printf '%s\n' "$out" >>"$TMP/wrk-$key.txt"
+    local reqs non2xx sockerr
+    MEASURED_RPS=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+    MEASURED_P50=$(parse_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    MEASURED_P99=$(parse_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    non2xx=$(awk -F': *' '/Non-2xx or 3xx responses/ {print $2}' <<<"$out")
+    sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
+    MEASURED_ERRORS=$(( ${non2xx:-0} + ${sockerr:-0} ))
+    MEASURED_CPU="n/a" MEASURED_CPU_US="n/a"
+    if [ "$ppid" != - ]; then
+        MEASURED_CPU=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN {printf "%.0f%%", 100 * d / hz / s}')
+        MEASURED_CPU_US=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.1f", 1e6 * d / hz / n; else print "n/a" }')
+    fi
+    log "$label: $MEASURED_RPS req/s, p50 $MEASURED_P50 ms, p99 $MEASURED_P99 ms, errors $MEASURED_ERRORS, proxy CPU $MEASURED_CPU ($MEASURED_CPU_US µs/req)"
+}
+
+# keep key rss: record this round's figures, keep the best round's.
+keep() {
+    local key=$1 rss=$2
+    ROUNDS[$key]="${ROUNDS[$key]:+${ROUNDS[$key]} / }$MEASURED_RPS"
+    if [ -z "${RPS[$key]:-}" ] || [ "$MEASURED_RPS" -gt "${RPS[$key]}" ]; then
+        RPS[$key]=$MEASURED_RPS P50[$key]=$MEASURED_P50 P99[$key]=$MEASURED_P99
+        ERRORS[$key]=$MEASURED_ERRORS CPU[$key]=$MEASURED_CPU CPU_US[$key]=$MEASURED_CPU_US
+        RSS[$key]=$rss
+    fi
+}
+
+check_through() { # url label [curl args...]: one request must come back 200 with the body
+    local url=$1 label=$2; shift 2
+    local got
+    got=$(curl -sS --max-time 5 "$@" -w ' %{http_code}' "$url" 2>&1 || true)
+    if [ "$got" != "$BODY 200" ]; then
+        log "$label: a request through it answered: $got"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- nginx proxy
+nginx_proxy_conf() { # workers port
+    local workers=$1 port=$2
+    nginx_common "proxy-$workers"
+    echo "worker_processes $workers;"
+    echo "http {"
+    nginx_http_common "proxy-$workers"
+    cat <<EOF
+    upstream api {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 128;
+        keepalive_requests 100000000;
+        keepalive_timeout 120s;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass https://api/bearer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1:$UP_PORT;
+            proxy_set_header Authorization "Bearer $BEARER_TOKEN";
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate $TMP/pki/ca.crt;
+            proxy_ssl_name localhost;
+            proxy_ssl_session_reuse on;
+        }
+    }
+}
+EOF
+}
+
+# ---------------------------------------------------------------- sidekey
+write_secret() { mkdir -p "$TMP/secrets/$1"; printf '%s' "$3" >"$TMP/secrets/$1/$2"; }
+
+mkdir -p "$TMP/secrets"
+write_secret bench-token token "$BEARER_TOKEN"
+write_secret bench-signing key "$SIGNING_KEY"
+mkdir -p "$TMP/secrets/bench-ca"
+cp "$TMP/pki/ca.crt" "$TMP/secrets/bench-ca/ca.crt"
+
+cat >"$TMP/bearer.yaml" <<EOF
+apiVersion: sidekey.dev/v1alpha1
+kind: ApiDatasource
+metadata: { name: bench-bearer }
+spec:
+  url: $UPSTREAM/bearer
+  tls:
+    caCertificateSecretRef: { name: bench-ca, key: ca.crt }
+    trustSystemRoots: false
+  authentication:
+    type: BearerToken
+    bearerToken:
+      tokenSecretRef: { name: bench-token, key: token }
+EOF
+
+# Flags the sidecar may or may not offer; used only when --help lists them.
+sidekey_extra_flags() {
+    local flags=()
+    if grep -q -- '--log-level' <<<"$SIDEKEY_HELP"; then flags+=(--log-level warn); fi
+    echo "${flags[@]}"
+}
+
+# start_sidekey name datasource workers(1|auto): sets STARTED_PID, SK_PORT, SK_ADMIN
+start_sidekey() {
+    local name=$1 ds=$2 workers=$3 port admin cpus
+    port=$(free_port); admin=$(free_port)
+    while [ "$admin" = "$port" ]; do admin=$(free_port); done
+    local env=(RUST_LOG=warn)
+    if [ "$workers" = 1 ]; then
+        cpus=$PROXY_CPU
+        # tokio's multi-thread runtime reads TOKIO_WORKER_THREADS when the
+        # program does not set a count itself.
+        env+=(TOKIO_WORKER_THREADS=1)
+    else
+        cpus="0-$((NCPU - 1))"
+    fi
+    # shellcheck disable=SC2046
+    env "${env[@]}" taskset -c "$cpus" "$SIDEKEY_BIN" --datasource "$ds" --secrets-dir "$TMP/secrets" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" $(sidekey_extra_flags) \
+        >"$TMP/sidekey-$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    SK_PORT=$port
+    SK_ADMIN=$admin
+}
+
+sidekey_ready() { # admin_port pid
+    for _ in $(seq 1 200); do
+        kill -0 "$2" 2>/dev/null || return 1
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$1/readyz" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# run_sidekey key datasource workers path: one round of a sidekey scenario.
+run_sidekey() {
+    local key=$1 ds=$2 workers=$3 path=$4 label=${LABEL[$1]}
+    if [ "$SIDEKEY_STATUS" != ok ]; then STATUS[$key]=$SIDEKEY_STATUS; return; fi
+    if [ -z "$ds" ]; then STATUS[$key]=$OAUTH_STATUS; return; fi
+    local pid port admin
+    start_sidekey "$key" "$ds" "$workers"
+    pid=$STARTED_PID port=$SK_PORT admin=$SK_ADMIN
+    if ! sidekey_ready "$admin" "$pid"; then
+        log "$label: sidekey did not become ready; its log:"; tail -n 20 "$TMP/sidekey-$key.log" >&2 || true
+        STATUS[$key]="pending (sidecar not ready: $(tail -n 1 "$TMP/sidekey-$key.log" | tr '|' '/' | cut -c1-120))"
+        stop_pid "$pid"; forget_pid "$pid"; return
+    fi
+    sleep 0.5
+    local idle
+    idle=$(mem_kb VmRSS "$pid")
+    THREADS[$key]=$(awk '$1 == "Threads:" {print $2}' "/proc/$pid/status")
+    if ! check_through "http://127.0.0.1:$port$path" "$label"; then
+        STATUS[$key]="failed (a request through sidekey did not get 200)"
+        tail -n 20 "$TMP/sidekey-$key.log" >&2 || true
+        stop_pid "$pid"; forget_pid "$pid"; return
+    fi
+    if measure "$key" "$pid" "http://127.0.0.1:$port$path"; then
+        keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
+    fi
+    if grep -q -i 'error\|panick' "$TMP/sidekey-$key.log"; then
+        log "$label: the sidecar logged errors:"; grep -i -m 5 'error\|panick' "$TMP/sidekey-$key.log" >&2 || true
+    fi
+    stop_pid "$pid"; forget_pid "$pid"
+}
+
+# run_nginx_proxy key workers(1|auto): one round of an nginx proxy scenario.
+run_nginx_proxy() {
+    local key=$1 workers=$2 label=${LABEL[$1]} port cpus pid
+    port=$(free_port)
+    nginx_proxy_conf "$workers" "$port" >"$TMP/proxy-$workers.conf"
+    if [ "$workers" = 1 ]; then cpus=$PROXY_CPU; else cpus="0-$((NCPU - 1))"; fi
+    start_nginx "proxy-$workers" "$TMP/proxy-$workers.conf" "$cpus"
+    pid=$STARTED_PID
+    wait_http "http://127.0.0.1:$port/ping" || die "nginx proxy did not come up: $(cat "$TMP/proxy-$workers/error.log")"
+    sleep 0.3
+    local idle
+    idle=$(mem_kb VmRSS "$pid")
+    THREADS[$key]="$(($(pgrep -c -P "$pid") )) workers"
+    check_through "http://127.0.0.1:$port/ping" "$label" || die "nginx proxy does not pass requests"
+    if measure "$key" "$pid" "http://127.0.0.1:$port/ping"; then
+        keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
+    fi
+    stop_nginx "$pid"; forget_pid "$pid"
+}
+
+# ---------------------------------------------------------------- OAuth server
+OAUTH_STATUS="pending (tests/oauth-server is not there yet)"
+OAUTH_DS=""
+start_oauth_server() {
+    [ -f "$ROOT/tests/oauth-server/server.mjs" ] || return 0
+    OAUTH_STATUS="pending (oauth server harness not wired yet)"
+}
+
+# ---------------------------------------------------------------- run
+ROUNDS_N=${BENCH_ROUNDS:-2}
+LABEL[direct]="upstream directly (HTTPS, no proxy)"
+LABEL[nginx1]="nginx proxy, 1 worker, CPU $PROXY_CPU"
+LABEL[bearer1]="sidekey bearer, 1 worker thread, CPU $PROXY_CPU"
+LABEL[oauth1]="sidekey OAuth2 + signature, 1 worker thread, CPU $PROXY_CPU"
+LABEL[nginxauto]="nginx proxy, worker_processes auto ($NCPU), any CPU"
+LABEL[bearerauto]="sidekey bearer, default worker threads, any CPU"
+LABEL[oauthauto]="sidekey OAuth2 + signature, default worker threads, any CPU"
+
+LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+START=$(date +%s)
+start_oauth_server
+
+# Rounds interleave the scenarios so a burst of outside load hits one round
+# of a scenario, not all of it.
+for round in $(seq 1 "$ROUNDS_N"); do
+    log "round $round of $ROUNDS_N"
+    if measure direct - "$UPSTREAM/bearer/ping" -H "Authorization: Bearer $BEARER_TOKEN"; then keep direct "n/a"; fi
+    run_nginx_proxy nginx1 1
+    run_sidekey bearer1 "$TMP/bearer.yaml" 1 /ping
+    run_sidekey oauth1 "$OAUTH_DS" 1 /ping
+    run_nginx_proxy nginxauto auto
+    run_sidekey bearerauto "$TMP/bearer.yaml" auto /ping
+    run_sidekey oauthauto "$OAUTH_DS" auto /ping
+done
+
+ELAPSED=$(($(date +%s) - START))
+LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+ratio() { # a b
+    local a=${RPS[$1]:-} b=${RPS[$2]:-}
+    if [ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt 0 ]; then
+        awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}'
+    else
+        echo "n/a"
+    fi
+}
+
+ratio_of() { # array a b: ratio of two float figures
+    local -n arr=$1
+    local a=${arr[$2]:-} b=${arr[$3]:-}
+    awk -v a="$a" -v b="$b" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+
+CPU_MODEL=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+WRK_VERSION=$( (wrk --version 2>&1 || true) | head -n1 | awk '{print $2}')
+GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+{
+    echo "# sidekey proxy benchmark: results"
+    echo
+    echo "Run $(date -u +%Y-%m-%dT%H:%MZ) at commit \`$GIT_REV\` by \`bench/run.sh\`: $ROUNDS_N rounds, $ELAPSED s."
+    echo "Machine: $NCPU CPUs ($CPU_MODEL), load average $LOADAVG_BEFORE before, $LOADAVG_AFTER after."
+    echo "$NGINX_VERSION; wrk $WRK_VERSION with $WRK_THREADS thread and $CONNECTIONS connections, $WARMUP s warm-up then $DURATION s, on CPU $LOAD_CPU with the upstream (nginx, 1 worker, TLS 1.3, ECDSA P-256, keep-alive)."
+    echo
+    echo "| scenario | req/s | req/s each round | p50 ms | p99 ms | errors | proxy CPU | proxy CPU µs/req | proxy threads / workers | proxy RSS idle → peak |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    for key in "${SCENARIOS[@]}"; do
+        if [ -n "${RPS[$key]:-}" ]; then
+            echo "| ${LABEL[$key]} | ${RPS[$key]} | ${ROUNDS[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRORS[$key]} | ${CPU[$key]} | ${CPU_US[$key]} | ${THREADS[$key]:-n/a} | ${RSS[$key]} |"
+        else
+            echo "| ${LABEL[$key]} | ${STATUS[$key]:-no figures (wrk failed)} | | | | | | | | |"
+        fi
+    done
+    echo
+    echo "Throughput ratio sidekey bearer / nginx: **$(ratio bearer1 nginx1)** with 1 worker on 1 CPU, **$(ratio bearerauto nginxauto)** with default/auto workers."
+    echo "Throughput ratio sidekey OAuth2 + signature / nginx: **$(ratio oauth1 nginx1)** with 1 worker on 1 CPU, **$(ratio oauthauto nginxauto)** with default/auto workers."
+    echo "CPU per request sidekey bearer / nginx: $(ratio_of CPU_US bearer1 nginx1) with 1 worker, $(ratio_of CPU_US bearerauto nginxauto) with default/auto workers; sidekey OAuth2 + signature / nginx: $(ratio_of CPU_US oauth1 nginx1), $(ratio_of CPU_US oauthauto nginxauto)."
+    echo
+    echo "req/s, p50, p99, errors, CPU and RSS are from the round with the highest req/s. Errors: non-2xx answers plus socket errors (the upstream answers 401 when the credentials are missing). Proxy CPU: CPU time the proxy's processes used during the measured run, in % of one CPU, and per request. RSS: VmRSS after start (idle) and VmHWM after the run (peak); for nginx the sum over master and workers. Threads: the sidecar's OS threads at idle, from /proc."
+} >"$TMP/results.md"
+
+cat "$TMP/results.md"
+cp "$TMP/results.md" "$RESULTS"
+log "written to $RESULTS"
