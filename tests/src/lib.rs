@@ -111,9 +111,13 @@ pub fn example_manifests() -> Vec<(String, String)> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .map(|p| {
-            let text = std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             (name, text)
         })
         .collect();

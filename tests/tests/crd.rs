@@ -10,7 +10,9 @@ use kube::core::GroupVersionKind;
 use kube::{Client, Error};
 use serde_json::{Value, json};
 use sidekey_crds::{ApiDatasource, names};
-use sidekey_tests::{client, crd_manifest, ensure_crd, example_manifests, kubeconfig_path, namespace};
+use sidekey_tests::{
+    client, crd_manifest, ensure_crd, example_manifests, kubeconfig_path, namespace,
+};
 
 fn datasources(client: &Client, ns: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk(names::GROUP, names::VERSION, names::KIND);
@@ -26,7 +28,9 @@ async fn create_raw(client: &Client, ns: &str, spec: Value) -> Result<DynamicObj
         "spec": spec,
     }))
     .expect("object");
-    datasources(client, ns).create(&PostParams::default(), &obj).await
+    datasources(client, ns)
+        .create(&PostParams::default(), &obj)
+        .await
 }
 
 /// Asserts the server refused the object as invalid, mentioning `field`.
@@ -53,8 +57,8 @@ async fn every_example_is_accepted_by_the_server() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut created = Vec::new();
     for (file, text) in example_manifests() {
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("examples/{file}: {e}"));
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("examples/{file}: {e}"));
         let mut kinds = Vec::new();
         for doc in docs {
             let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
@@ -157,7 +161,11 @@ async fn url_that_is_not_a_url_is_refused() {
     let client = client().await;
     ensure_crd(&client).await;
     let ns = namespace(&client, "bad-url").await;
-    for url in ["payments", "ftp://files.example.com/x", "https:// spaces .com"] {
+    for url in [
+        "payments",
+        "ftp://files.example.com/x",
+        "https:// spaces .com",
+    ] {
         let r = create_raw(&client, &ns, json!({ "url": url })).await;
         assert_refused(r, "spec.url");
     }
@@ -215,13 +223,18 @@ async fn missing_required_fields_are_refused() {
 fn oauth2_fields() -> BTreeMap<String, String> {
     let crd = crd_manifest();
     let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
-    let props = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["authentication"]
-        ["properties"]["oauth2"]["properties"];
+    let props = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["authentication"]["properties"]
+        ["oauth2"]["properties"];
     props
         .as_object()
         .expect("oauth2 properties")
         .iter()
-        .map(|(k, v)| (k.clone(), v["description"].as_str().unwrap_or("").to_owned()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v["description"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -255,20 +268,22 @@ async fn kubectl_explain_describes_every_oauth2_field() {
         .unwrap_or_else(|| panic!("no FIELDS section in kubectl explain:\n{last}"))
         .1;
     for (field, description) in &fields {
-        assert!(!description.is_empty(), "oauth2.{field} has no description in the CRD");
+        assert!(
+            !description.is_empty(),
+            "oauth2.{field} has no description in the CRD"
+        );
         // Each field's description starts right below its name.
-        let first_words: String = description.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        let first_words: String = description
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
         let after = fields_section
             .split_once(&format!("  {field}\t"))
             .or_else(|| fields_section.split_once(&format!("  {field} ")))
             .unwrap_or_else(|| panic!("kubectl explain does not list {field}:\n{last}"))
             .1;
-        let next_lines: String = after
-            .lines()
-            .skip(1)
-            .take(4)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let next_lines: String = after.lines().skip(1).take(4).collect::<Vec<_>>().join(" ");
         let next_words: String = next_lines.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
             next_words.contains(&first_words),
