@@ -1,0 +1,273 @@
+//! The controller: one `reconcile` per datasource, one `error_policy` that
+//! decides every retry. Triggers are the datasources themselves (spec
+//! changes), their ConfigMaps (drift, deletion) and the Secrets they
+//! reference, found through [`SecretsIndex`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PartialObjectMeta;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use sidekey_crds::ApiDatasource;
+use sidekey_crds::names::{FIELD_MANAGER, configmap_name};
+use tokio_util::sync::CancellationToken;
+
+use crate::configmap;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::secrets_index::SecretsIndex;
+use crate::status::{self, Readiness};
+use crate::validate;
+
+/// A valid datasource is checked again this often even without a change
+/// seen, in case a watch event was missed.
+pub const RESYNC: Duration = Duration::from_secs(10 * 60);
+/// First retry delay after a failure; doubles per failure up to
+/// [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// Events carry at most 1 kB of note.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// Consecutive failures per datasource, for the error policy's backoff.
+    failures: Mutex<HashMap<ObjectRef<ApiDatasource>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, identity: &str) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(identity.to_owned()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ApiDatasource>, u32>> {
+        // The map holds plain counters: usable after a panic elsewhere.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Brings one datasource's ConfigMap, status and Events in line with its
+/// spec and Secrets.
+pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.time_reconcile();
+    let name = ds
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let namespace = ds.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let client = &ctx.client;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let kept = ds.status.as_ref().and_then(|s| s.config_map.clone());
+    let (readiness, config_map) = match validate::validate(&ds, &secrets).await {
+        Ok(valid) => {
+            let cm = configmap::desired(&ds, &valid.resolved)?;
+            configmap::apply(&Api::namespaced(client.clone(), &namespace), &cm).await?;
+            let cm_name = configmap_name(&name);
+            (
+                Readiness::reconciled(&cm_name, valid.ca_certificates),
+                Some(cm_name),
+            )
+        }
+        // Bad input: say so and keep the last good ConfigMap untouched.
+        Err(problem) if problem.is_invalid_datasource() => {
+            (Readiness::invalid(&problem, kept.as_deref()), kept)
+        }
+        Err(e) => return Err(e),
+    };
+
+    let old = status::ready_condition(ds.status.as_ref());
+    if status::is_transition(old, &readiness) {
+        tracing::info!(
+            datasource = %format!("{namespace}/{name}"),
+            ready = readiness.ready,
+            reason = %readiness.reason,
+            message = %readiness.message,
+            "Ready changed"
+        );
+        publish_event(&ctx, &ds, &namespace, &name, &readiness).await?;
+    }
+    let desired = status::desired(&ds, &readiness, config_map, Time(Timestamp::now()));
+    if ds.status.as_ref() != Some(&desired) {
+        let api: Api<ApiDatasource> = Api::namespaced(client.clone(), &namespace);
+        status::apply(&api, &name, &desired).await?;
+    }
+
+    ctx.failures().remove(&ObjectRef::from_obj(&*ds));
+    ctx.metrics.reconciled(&readiness.reason);
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn publish_event(
+    ctx: &Context,
+    ds: &ApiDatasource,
+    namespace: &str,
+    name: &str,
+    readiness: &Readiness,
+) -> Result<()> {
+    let mut note = format!("ApiDatasource {namespace}/{name}: {}", readiness.message);
+    if note.len() > MAX_NOTE_BYTES {
+        let mut cut = MAX_NOTE_BYTES - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    let event = Event {
+        type_: if readiness.ready {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: readiness.reason.clone(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    ctx.recorder
+        .publish(&event, &ds.object_ref(&()))
+        .await
+        .map_err(|e| Error::kube(format!("publishing Event for ApiDatasource {name:?}"), e))
+}
+
+/// Decides every retry: exponential backoff per datasource, and a metric
+/// labelled by the error's name.
+pub fn error_policy(ds: Arc<ApiDatasource>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(&*ds);
+    let attempt = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(attempt);
+    ctx.metrics.failed(error);
+    tracing::warn!(
+        datasource = %format!("{}/{}", ds.namespace().unwrap_or_default(), ds.name_any()),
+        error = %error,
+        attempt,
+        retry_in_seconds = delay.as_secs_f64(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Delay before retry number `attempt` (1-based).
+pub fn backoff(attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+    MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// Where the controller looks.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// One namespace, or the whole cluster.
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+}
+
+fn api<K>(client: &Client, scope: &Scope) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let index = SecretsIndex::default();
+
+    // The datasource watch feeds the reflector store and the Secret index;
+    // only spec changes (generation) trigger a reconcile, so the operator's
+    // own status writes do not.
+    let (reader, writer) = reflector::store();
+    let observer = index.clone();
+    let datasources = watcher(
+        api::<ApiDatasource>(&client, &scope),
+        watcher::Config::default(),
+    )
+    .map_ok(move |event| {
+        observer.observe(&event);
+        event
+    })
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+
+    // Secrets as metadata only (`PartialObjectMeta` makes metadata-only
+    // requests) and no store: memory does not grow with the number of
+    // Secrets; values are read by GET when reconciling.
+    let secrets = api::<PartialObjectMeta<Secret>>(&client, &scope);
+    let configmaps = api::<ConfigMap>(&client, &scope);
+    let configmaps_config = watcher::Config::default()
+        .labels(&configmap::managed_selector())
+        .any_semantic();
+
+    let config = controller::Config::default().concurrency(scope.concurrency);
+    Controller::for_stream(datasources, reader)
+        // owns() watches metadata only, and only the operator's ConfigMaps.
+        .owns(configmaps, configmaps_config)
+        .watches(
+            secrets,
+            watcher::Config::default().any_semantic(),
+            move |secret| {
+                let ns = secret.metadata.namespace.unwrap_or_default();
+                let name = secret.metadata.name.unwrap_or_default();
+                index.datasources_for(&ns, &name)
+            },
+        )
+        .with_config(config)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Ok((obj, _)) => tracing::debug!(datasource = %obj, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                Err(e) => tracing::warn!(error = %e, "controller"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(20), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

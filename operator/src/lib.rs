@@ -1,0 +1,102 @@
+//! sidekey's operator: reconciles each `ApiDatasource` into the ConfigMap
+//! `<name>-sidekey` its sidecars read, with status, Events, Secret
+//! watching, leader election and an admin port.
+//!
+//! The admission webhook will join as its own module (`webhook.rs`) served
+//! next to the admin server; it needs no leadership, so it will run on
+//! every replica, before [`run`] waits for the Lease.
+
+pub mod admin;
+pub mod cli;
+pub mod configmap;
+pub mod controller;
+pub mod error;
+pub mod leader;
+pub mod logging;
+pub mod metrics;
+pub mod secrets_index;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+pub use cli::Args;
+pub use error::{Error, Result};
+
+/// Runs the operator until SIGTERM/SIGINT (`Ok`) or a fatal error, such as
+/// losing leadership (`Err`: the process should exit and be restarted).
+pub async fn run(args: Args) -> Result<()> {
+    let lease = args.lease();
+    lease.check().map_err(Error::InvalidFlags)?;
+    let client = Client::try_default().await.map_err(Error::ClientConfig)?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let state = admin::State::default();
+    let admin_addr = admin::serve(args.admin_listen, state.clone(), shutdown.clone()).await?;
+    tracing::info!(%admin_addr, "admin server listening");
+
+    let mut leadership = leader::Leadership::join(client.clone(), lease.clone()).await?;
+    state.set_ready(true);
+    tracing::info!(
+        lease = %format!("{}/{}", lease.namespace, lease.name),
+        identity = %lease.identity,
+        "waiting to become leader"
+    );
+    tokio::select! {
+        acquired = leadership.acquired() => acquired?,
+        _ = shutdown.cancelled() => {
+            leadership.step_down().await;
+            return Ok(());
+        }
+    }
+    state.metrics.leader.set(1);
+    tracing::info!(identity = %lease.identity, "became leader; reconciling");
+
+    let ctx = Arc::new(controller::Context::new(
+        client,
+        state.metrics.clone(),
+        &lease.identity,
+    ));
+    let scope = controller::Scope {
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+    };
+    let controller = controller::run(ctx, scope, shutdown.clone());
+    tokio::select! {
+        _ = controller => {
+            tracing::info!("controller stopped");
+            leadership.step_down().await;
+            Ok(())
+        }
+        lost = leadership.lost() => {
+            // Another replica may already reconcile: stop at once.
+            state.metrics.leader.set(0);
+            shutdown.cancel();
+            Err(lost)
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM (what Kubernetes sends) or SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stopping");
+    token.cancel();
+}

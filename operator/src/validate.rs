@@ -1,0 +1,361 @@
+//! What the schema cannot check: the spec resolves, every referenced Secret
+//! and key exists, the signature key is long enough, the CA bundle holds
+//! certificates. Secrets are read with GET when a datasource is reconciled,
+//! only their referenced keys are kept, each wrapped in `SecretValue` at once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use sidekey_crds::names::MIN_SIGNATURE_KEY_LEN;
+use sidekey_crds::{
+    ApiDatasource, ResolvedAuthentication, ResolvedDatasource, SecretFile, SecretValue,
+};
+
+use crate::error::{Error, Result};
+
+/// What a referenced secret value is for; it decides what is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A password, key, token or client secret: it must exist.
+    Credential,
+    /// The HMAC key of the signature header: at least 32 characters.
+    SignatureKey,
+    /// A PEM bundle of CA certificates: at least one parsable certificate.
+    CaBundle,
+}
+
+/// One secret reference of a datasource, with the spec field that names it
+/// (for messages that say what to fix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse<'a> {
+    pub field: &'static str,
+    pub file: &'a SecretFile,
+    pub purpose: Purpose,
+}
+
+/// Every secret reference of a resolved datasource, in spec order.
+pub fn secret_uses(r: &ResolvedDatasource) -> Vec<SecretUse<'_>> {
+    let credential = |field, file| SecretUse {
+        field,
+        file,
+        purpose: Purpose::Credential,
+    };
+    let mut uses = Vec::new();
+    match &r.authentication {
+        ResolvedAuthentication::None => {}
+        ResolvedAuthentication::Basic { password, .. } => uses.push(credential(
+            "spec.authentication.basic.passwordSecretRef",
+            password,
+        )),
+        ResolvedAuthentication::ApiKey { value, .. } => uses.push(credential(
+            "spec.authentication.apiKey.valueSecretRef",
+            value,
+        )),
+        ResolvedAuthentication::BearerToken { token } => uses.push(credential(
+            "spec.authentication.bearerToken.tokenSecretRef",
+            token,
+        )),
+        ResolvedAuthentication::OAuth2(o) => uses.push(credential(
+            "spec.authentication.oauth2.clientSecretRef",
+            &o.client_secret,
+        )),
+    }
+    if let Some(s) = &r.signature {
+        uses.push(SecretUse {
+            field: "spec.signature.secretRef",
+            file: &s.secret,
+            purpose: Purpose::SignatureKey,
+        });
+    }
+    if let Some(ca) = &r.tls.ca_certificate {
+        uses.push(SecretUse {
+            field: "spec.tls.caCertificateSecretRef",
+            file: ca,
+            purpose: Purpose::CaBundle,
+        });
+    }
+    uses
+}
+
+/// The referenced keys of the referenced Secrets, as read now: `None` for
+/// a Secret that does not exist. Keys nobody references are not kept.
+#[derive(Debug, Default)]
+pub struct FetchedSecrets {
+    secrets: HashMap<String, Option<BTreeMap<String, SecretValue>>>,
+}
+
+impl FetchedSecrets {
+    /// Records a Secret as read: only `keys` are kept, as `SecretValue`s.
+    pub fn insert(&mut self, name: &str, secret: Option<Secret>, keys: &[&str]) {
+        let values = secret.map(|s| {
+            let mut data = s.data.unwrap_or_default();
+            keys.iter()
+                .filter_map(|k| {
+                    data.remove(*k)
+                        .map(|v| ((*k).to_owned(), SecretValue::new(v.0)))
+                })
+                .collect()
+        });
+        self.secrets.insert(name.to_owned(), values);
+    }
+
+    fn get(&self, secret: &str) -> Option<&Option<BTreeMap<String, SecretValue>>> {
+        self.secrets.get(secret)
+    }
+
+    /// Reads every Secret the uses name, once each, with GET.
+    pub async fn fetch(api: &Api<Secret>, uses: &[SecretUse<'_>]) -> Result<Self> {
+        let mut by_secret: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for u in uses {
+            by_secret
+                .entry(u.file.secret.as_str())
+                .or_default()
+                .push(u.file.key.as_str());
+        }
+        let mut fetched = Self::default();
+        for (name, keys) in by_secret {
+            let secret = api
+                .get_opt(name)
+                .await
+                .map_err(|e| Error::kube(format!("reading Secret {name:?}"), e))?;
+            fetched.insert(name, secret, &keys);
+        }
+        Ok(fetched)
+    }
+}
+
+/// A datasource that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub resolved: ResolvedDatasource,
+    /// How many certificates the CA bundle holds, when one is referenced.
+    pub ca_certificates: Option<usize>,
+}
+
+/// Resolves the datasource and reads its Secrets: `Ok` when it is valid,
+/// `Err` with a datasource problem (see [`Error::is_invalid_datasource`]) or
+/// an API failure.
+pub async fn validate(ds: &ApiDatasource, secrets: &Api<Secret>) -> Result<Validated> {
+    let resolved = ds.resolve()?;
+    let fetched = FetchedSecrets::fetch(secrets, &secret_uses(&resolved)).await?;
+    check(resolved, &fetched)
+}
+
+/// The checks on values, given the Secrets as read. Pure, so it is tested
+/// without a cluster.
+pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<Validated> {
+    let namespace = resolved.namespace.clone().unwrap_or_default();
+    let mut ca_certificates = None;
+    for u in secret_uses(&resolved) {
+        let SecretFile { secret, key, .. } = u.file;
+        let data = match fetched.get(secret) {
+            Some(Some(data)) => data,
+            // Not fetched is a bug of the caller; treat it as absent rather
+            // than as valid.
+            Some(None) | None => {
+                return Err(Error::SecretNotFound {
+                    namespace,
+                    secret: secret.clone(),
+                    field: u.field,
+                });
+            }
+        };
+        let Some(value) = data.get(key) else {
+            return Err(Error::SecretKeyNotFound {
+                namespace,
+                secret: secret.clone(),
+                key: key.clone(),
+                field: u.field,
+            });
+        };
+        match u.purpose {
+            Purpose::Credential => {}
+            Purpose::SignatureKey => {
+                // Counted as the sidecar uses it: without a trailing newline.
+                let trimmed = value.clone().trim_trailing_newline();
+                let len = trimmed
+                    .expose_str()
+                    .map_or(trimmed.len(), |s| s.chars().count());
+                if len < MIN_SIGNATURE_KEY_LEN {
+                    return Err(Error::SignatureKeyTooShort {
+                        secret: secret.clone(),
+                        key: key.clone(),
+                        min: MIN_SIGNATURE_KEY_LEN,
+                    });
+                }
+            }
+            Purpose::CaBundle => {
+                let count =
+                    count_certificates(value).map_err(|detail| Error::InvalidCertificate {
+                        secret: secret.clone(),
+                        key: key.clone(),
+                        detail,
+                    })?;
+                ca_certificates = Some(count);
+            }
+        }
+    }
+    Ok(Validated {
+        resolved,
+        ca_certificates,
+    })
+}
+
+/// Counts the X.509 certificates of a PEM bundle; at least one is needed.
+/// Each must decode as PEM and parse as X.509, as the sidecar's TLS stack
+/// will parse it. Other PEM sections (keys, parameters) are ignored.
+pub fn count_certificates(pem: &SecretValue) -> Result<usize, String> {
+    let mut count = 0;
+    for (i, cert) in CertificateDer::pem_slice_iter(pem.expose()).enumerate() {
+        let cert = cert.map_err(|e| format!("PEM block {} does not decode: {e}", i + 1))?;
+        x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|e| format!("certificate {} is not valid X.509: {e}", i + 1))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("it has no PEM certificate".into());
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn resolved(yaml: &str) -> ResolvedDatasource {
+        ResolvedDatasource::from_yaml(yaml).expect("valid manifest")
+    }
+
+    const SIGNED_BEARER: &str = r#"
+kind: ApiDatasource
+metadata: { name: payments, namespace: shop }
+spec:
+  url: https://payments.internal/v2
+  signature: { secretRef: { name: signing, key: key } }
+  tls: { caCertificateSecretRef: { name: ca, key: ca.crt } }
+  authentication:
+    type: BearerToken
+    bearerToken: { tokenSecretRef: { name: token, key: token } }
+"#;
+
+    fn secret(pairs: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn ca_pem(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                let key = rcgen::KeyPair::generate().expect("key");
+                rcgen::CertificateParams::new(vec![format!("ca{i}.test")])
+                    .expect("params")
+                    .self_signed(&key)
+                    .expect("cert")
+                    .pem()
+            })
+            .collect()
+    }
+
+    fn fetched(signing_key: &[u8], ca: &[u8]) -> FetchedSecrets {
+        let mut f = FetchedSecrets::default();
+        f.insert("token", Some(secret(&[("token", b"t0k3n")])), &["token"]);
+        f.insert("signing", Some(secret(&[("key", signing_key)])), &["key"]);
+        f.insert("ca", Some(secret(&[("ca.crt", ca)])), &["ca.crt"]);
+        f
+    }
+
+    const KEY_32: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn valid_datasource_reports_its_certificate_count() {
+        let pem = ca_pem(2);
+        let v = check(resolved(SIGNED_BEARER), &fetched(KEY_32, pem.as_bytes())).expect("valid");
+        assert_eq!(v.ca_certificates, Some(2));
+    }
+
+    #[test]
+    fn missing_secret_is_named_with_its_field() {
+        let pem = ca_pem(1);
+        let mut f = fetched(KEY_32, pem.as_bytes());
+        f.insert("token", None, &["token"]);
+        let err = check(resolved(SIGNED_BEARER), &f).expect_err("missing");
+        assert_eq!(err.reason(), "SecretNotFound");
+        let msg = err.to_string();
+        assert!(msg.contains("\"token\""), "{msg}");
+        assert!(msg.contains("bearerToken.tokenSecretRef"), "{msg}");
+    }
+
+    #[test]
+    fn missing_key_names_secret_and_key() {
+        let pem = ca_pem(1);
+        let mut f = fetched(KEY_32, pem.as_bytes());
+        f.insert("token", Some(secret(&[("other", b"x")])), &["token"]);
+        let err = check(resolved(SIGNED_BEARER), &f).expect_err("no key");
+        assert_eq!(err.reason(), "SecretKeyNotFound");
+        assert!(err.to_string().contains("no key \"token\""), "{err}");
+    }
+
+    #[test]
+    fn signature_key_of_31_characters_is_refused_without_showing_it() {
+        let pem = ca_pem(1);
+        let short = &KEY_32[..31];
+        let err =
+            check(resolved(SIGNED_BEARER), &fetched(short, pem.as_bytes())).expect_err("short");
+        assert_eq!(err.reason(), "SignatureKeyTooShort");
+        let msg = err.to_string();
+        assert!(msg.contains("32"), "{msg}");
+        assert!(
+            !msg.contains(std::str::from_utf8(short).unwrap_or("?")),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn trailing_newline_does_not_count_toward_the_signature_key_length() {
+        let pem = ca_pem(1);
+        let mut short = KEY_32[..31].to_vec();
+        short.push(b'\n');
+        let err = check(resolved(SIGNED_BEARER), &fetched(&short, pem.as_bytes()))
+            .expect_err("31 plus newline");
+        assert_eq!(err.reason(), "SignatureKeyTooShort");
+    }
+
+    #[test]
+    fn bundle_without_certificate_is_invalid() {
+        let err =
+            check(resolved(SIGNED_BEARER), &fetched(KEY_32, b"not a pem")).expect_err("no cert");
+        assert_eq!(err.reason(), "InvalidCertificate");
+    }
+
+    #[test]
+    fn certificate_block_that_is_not_x509_is_invalid() {
+        let pem = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
+        let err = check(resolved(SIGNED_BEARER), &fetched(KEY_32, pem.as_bytes()))
+            .expect_err("garbage cert");
+        assert_eq!(err.reason(), "InvalidCertificate");
+        assert!(err.to_string().contains("certificate 1"), "{err}");
+    }
+
+    #[test]
+    fn only_referenced_keys_are_kept() {
+        let mut f = FetchedSecrets::default();
+        f.insert(
+            "token",
+            Some(secret(&[("token", b"a"), ("unrelated", b"b")])),
+            &["token"],
+        );
+        let kept = f.get("token").and_then(|s| s.as_ref()).expect("present");
+        assert_eq!(kept.keys().collect::<Vec<_>>(), vec!["token"]);
+    }
+}
