@@ -210,7 +210,7 @@ build_binaries() {
   local tmp=$CACHE/bin.tmp
   rm -rf "$tmp"
   mkdir -p "$tmp" "$BIN_DIR"
-  log "building kube-apiserver and kube-controller-manager (cold: ~6 min on 2 cores)"
+  log "building kube-apiserver and kube-controller-manager (cold: ~4-5 min on 2 cores)"
   local t0=$SECONDS
   (cd "$KUBE_SRC" && go build -ldflags "$ldflags" -o "$tmp/" \
     ./cmd/kube-apiserver ./cmd/kube-controller-manager >&2)
@@ -337,6 +337,8 @@ spawn() {
   # shellcheck disable=SC2016 # $$ and $@ are expanded by the inner sh
   setsid sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
     </dev/null >>"$DIR/$name.log" 2>&1 &
+  # Not a job of this shell any more: no "Killed" notices, no waiting on exit.
+  disown
   local tries=0
   while ((tries++ < 100)); do
     [[ -s $pidfile ]] && return 0
@@ -398,7 +400,40 @@ cmd_start() {
   mkdir -p "$DIR"
   # A previous run in the same DIR must not linger (its ports would change).
   stop_daemons
+  # Free ports are picked before the daemons bind them, so another process can
+  # take one in between: retry with new ports when that happened.
+  local attempt rc
+  for attempt in 1 2 3; do
+    # Errexit is ignored in a tested subshell (`if (...)`), so test $? instead.
+    set +e
+    (
+      set -e
+      start_once
+    )
+    rc=$?
+    set -e
+    if ((rc == 0)); then
+      echo "$DIR/kubeconfig"
+      return 0
+    fi
+    # Whatever made the attempt fail, leave nothing of it running.
+    stop_daemons
+    if ! grep -qs 'address already in use' "$DIR"/*.log; then
+      exit "$rc"
+    fi
+    log "a port was taken meanwhile (attempt $attempt), retrying with new ports"
+  done
+  die "could not start after 3 attempts"
+}
+
+# One start attempt; runs in a subshell, and stops what it started on failure.
+start_once() {
   STARTED=()
+  # Fresh logs per attempt: the retry above reads them.
+  local name
+  for name in etcd kube-apiserver kube-controller-manager; do
+    : >"$DIR/$name.log"
+  done
   local pki=$DIR/pki
   make_pki "$pki"
   local token
@@ -409,7 +444,6 @@ cmd_start() {
   read -r etcd_client etcd_peer api_port kcm_port <<<"$ports"
   local etcd_url=http://127.0.0.1:$etcd_client
   local deadline=$((SECONDS + READY_TIMEOUT))
-  local t0=$SECONDS
 
   log "starting etcd on 127.0.0.1:$etcd_client"
   # No --listen-metrics-urls: metrics stay on the client port (one port less).
@@ -427,12 +461,14 @@ cmd_start() {
 
   log "starting kube-apiserver on https://127.0.0.1:$api_port"
   # ServiceAccount admission is off (no token controller needed for pods);
+  # no endpoint reconciler, as endpoints may not be loopback addresses;
   # priority-and-fairness off saves CPU; MutatingAdmissionWebhook stays on
   # (it is in the default set) because sidekey is a mutating webhook.
   spawn kube-apiserver "$APISERVER_BIN" \
     --etcd-servers="$etcd_url" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
+    --endpoint-reconciler-type=none \
     --secure-port="$api_port" \
     --insecure-port=0 \
     --cert-dir="$DIR/apiserver-certs" \
@@ -487,8 +523,7 @@ SIDEKEY_TESTBED_CA=$pki/ca.crt
 SIDEKEY_TESTBED_TOKEN_FILE=$pki/admin.token
 SIDEKEY_TESTBED_ETCD=$etcd_url
 EOF
-  log "ready in $((SECONDS - t0)) s: $api"
-  echo "$DIR/kubeconfig"
+  log "ready in $SECONDS s (since this script started): $api"
 }
 
 wait_etcd() {
@@ -519,6 +554,15 @@ wait_default_ns() {
 
 # ----------------------------------------------------------------- stop ----
 
+# True while PID runs; a zombie (dead, not yet reaped by its parent) is not running.
+running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  # Field 3 is the state; the command name in field 2 may contain spaces.
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
 # Stops every daemon started for DIR: TERM, up to STOP_TIMEOUT s, then KILL.
 # Each daemon leads its own session, so the whole process group is signalled.
 stop_daemons() {
@@ -544,7 +588,7 @@ stop_daemons() {
     while :; do
       alive=()
       for pid in "${pids[@]}"; do
-        kill -0 "$pid" 2>/dev/null && alive+=("$pid")
+        running "$pid" && alive+=("$pid")
       done
       ((${#alive[@]} == 0)) && break
       if ((SECONDS >= deadline)); then
@@ -558,7 +602,7 @@ stop_daemons() {
       sleep 0.1
     done
     for pid in "${pids[@]}"; do
-      if kill -0 "$pid" 2>/dev/null; then
+      if running "$pid"; then
         die "pid $pid still running after SIGKILL"
       fi
     done
@@ -567,7 +611,8 @@ stop_daemons() {
 }
 
 cmd_stop() {
-  [[ -d $DIR ]] || return 0
+  # No early return when DIR is gone: daemons whose DIR was deleted (e.g. by a
+  # test's temp dir cleanup) are still found by their command lines.
   stop_daemons
 }
 
