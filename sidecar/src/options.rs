@@ -1,0 +1,135 @@
+//! Command-line options, shared by the binary and by tests that start the
+//! proxy in-process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::error::Error;
+
+/// A loopback proxy that adds an API datasource's credentials, default
+/// headers and query parameters, and signature to every request.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "sidekey-sidecar", version)]
+pub struct Options {
+    /// The datasource: an `ApiDatasource` manifest or the operator's resolved spec (YAML).
+    #[arg(long, env = "SIDEKEY_DATASOURCE")]
+    pub datasource: PathBuf,
+
+    /// Directory holding secrets as `<secret-name>/<key>`, the layout of a Secret volume.
+    #[arg(long, env = "SIDEKEY_SECRETS_DIR")]
+    pub secrets_dir: PathBuf,
+
+    /// Address for proxied traffic; loopback only (127.0.0.1:PORT or [::1]:PORT).
+    #[arg(long, env = "SIDEKEY_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics` (no credentials pass there).
+    /// Without it, no admin server runs.
+    #[arg(long, env = "SIDEKEY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SIDEKEY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` env-filter syntax (`info`, `debug`, `sidekey_sidecar=debug`).
+    #[arg(long, default_value = "info", env = "SIDEKEY_LOG")]
+    pub log_level: String,
+
+    /// How long to wait for the upstream's response headers, in seconds.
+    #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
+    pub upstream_timeout: f64,
+
+    /// How long to wait for a TCP connection and TLS handshake to the upstream, in seconds.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    pub connect_timeout: f64,
+
+    /// How long a token request may take, in seconds.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
+    pub token_timeout: f64,
+
+    /// How often the datasource and secret files are checked for changes, in seconds.
+    #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
+    pub reload_interval: f64,
+
+    /// Worker threads of the runtime. A sidecar is small: 1 or 2 suffice.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
+
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, default_value_t = 20.0, value_parser = positive_seconds)]
+    pub shutdown_grace: f64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Options {
+    /// Refuses what the flags' types cannot: a proxy address off loopback.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.listen.ip().is_loopback() {
+            return Err(Error::NonLoopbackListen { addr: self.listen });
+        }
+        Ok(())
+    }
+
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.upstream_timeout)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_timeout)
+    }
+    pub fn token_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.token_timeout)
+    }
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.reload_interval)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace)
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() && value > 0.0 && value < 1e9 {
+        Ok(value)
+    } else {
+        Err("must be a positive number of seconds".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(listen: &str) -> Options {
+        Options::parse_from([
+            "sidekey-sidecar",
+            "--datasource",
+            "ds.yaml",
+            "--secrets-dir",
+            "secrets",
+            "--listen",
+            listen,
+        ])
+    }
+
+    #[test]
+    fn loopback_listen_is_accepted() {
+        assert!(parse("127.0.0.1:15000").validate().is_ok());
+        assert!(parse("[::1]:15000").validate().is_ok());
+    }
+
+    #[test]
+    fn wildcard_listen_is_refused() {
+        let err = parse("0.0.0.0:15000").validate().expect_err("not loopback");
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+    }
+}

@@ -1,0 +1,57 @@
+//! Watches the datasource file and the secret files by polling: Kubernetes
+//! replaces a mounted volume's files by swapping a `..data` symlink, which
+//! file-event watchers see poorly, while reading a few small files every
+//! couple of seconds costs nothing. A change builds a new snapshot and
+//! swaps it in; in-flight requests finish on the one they started with. A
+//! broken change keeps the old snapshot, is logged once, and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::snapshot::Snapshot;
+use crate::sources::Locations;
+use crate::state::State;
+
+pub async fn watch_files(
+    state: Arc<State>,
+    locations: Locations,
+    interval: Duration,
+    mut fingerprint: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let reading = locations.clone();
+        let Ok((seen, sources)) = tokio::task::spawn_blocking(move || reading.read()).await else {
+            continue;
+        };
+        if seen == fingerprint {
+            continue;
+        }
+        fingerprint = seen;
+        let current = state.snapshot.load_full();
+        let built = sources.and_then(|sources| {
+            Snapshot::build(&sources, Some(&current), &state.timeouts, &state.metrics)
+        });
+        match built {
+            Ok(snapshot) => {
+                state.snapshot.store(Arc::new(snapshot));
+                state.metrics.reloads.inc();
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                state.metrics.reload_failures.inc();
+                tracing::error!(
+                    error = e.code(),
+                    reason = %e,
+                    "configuration change refused; the previous configuration keeps serving"
+                );
+            }
+        }
+    }
+}

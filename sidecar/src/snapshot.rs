@@ -1,0 +1,118 @@
+//! One loaded configuration with everything per-datasource precomputed:
+//! the target, the default headers and query, the authentication scheme,
+//! the signer and the upstream client. Requests read it through an
+//! `ArcSwap` without locks; a reload builds a new one and swaps it in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidekey_crds::{ResolvedAuthentication, SecretFile, SecretValue};
+
+use crate::auth::{self, Authenticate};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::outgoing::Target;
+use crate::signature::Signer;
+use crate::sources::Sources;
+use crate::tls::{self, CaBundle};
+use crate::upstream::Upstream;
+
+/// Timeouts that come from the command line, not the datasource.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub upstream: Duration,
+    pub token: Duration,
+}
+
+pub struct Snapshot {
+    pub name: String,
+    pub target: Target,
+    pub auth: Arc<dyn Authenticate>,
+    pub signer: Option<Signer>,
+    pub upstream: Upstream,
+    tls: Arc<rustls::ClientConfig>,
+    /// What the TLS setup was built from, to reuse it (and the connection
+    /// pool) when a reload leaves it unchanged.
+    tls_inputs: (Option<SecretValue>, bool),
+    /// What the authentication was built from, to keep the scheme (and an
+    /// OAuth token) when a reload leaves it unchanged.
+    auth_inputs: (
+        ResolvedAuthentication,
+        Option<SecretValue>,
+        Option<SecretValue>,
+    ),
+}
+
+impl Snapshot {
+    pub fn build(
+        sources: &Sources,
+        previous: Option<&Snapshot>,
+        timeouts: &Timeouts,
+        metrics: &Metrics,
+    ) -> Result<Self, Error> {
+        let ds = &sources.datasource;
+        let target = Target::new(ds)?;
+
+        let ca = match &ds.tls.ca_certificate {
+            Some(file) => Some((file, sources.secret(file)?)),
+            None => None,
+        };
+        let tls_inputs = (ca.map(|(_, v)| v.clone()), ds.tls.trust_system_roots);
+        let (tls, upstream) = match previous.filter(|p| p.tls_inputs == tls_inputs) {
+            Some(p) => (p.tls.clone(), p.upstream.clone()),
+            None => {
+                let bundle = ca.map(|(file, pem)| CaBundle { file, pem });
+                let tls = tls::client_config(bundle, ds.tls.trust_system_roots)?;
+                let upstream = Upstream::new(tls.clone(), timeouts.connect, timeouts.upstream);
+                (tls, upstream)
+            }
+        };
+
+        let auth_inputs = (
+            ds.authentication.clone(),
+            auth_secret(&ds.authentication)
+                .map(|f| sources.secret(f).cloned())
+                .transpose()?,
+            sources.refresh_token.clone(),
+        );
+        let reusable =
+            previous.filter(|p| p.auth_inputs == auth_inputs && Arc::ptr_eq(&p.tls, &tls));
+        let auth = match reusable {
+            Some(p) => p.auth.clone(),
+            None => auth::from_config(&auth::Setup {
+                sources,
+                tls: &tls,
+                metrics,
+                token_timeout: timeouts.token,
+            })?,
+        };
+
+        let signer = match &ds.signature {
+            Some(spec) => Some(Signer::new(spec, sources.secret(&spec.secret)?)?),
+            None => None,
+        };
+
+        Ok(Self {
+            name: ds.name.clone(),
+            target,
+            auth,
+            signer,
+            upstream,
+            tls,
+            tls_inputs,
+            auth_inputs,
+        })
+    }
+}
+
+/// The secret an authentication scheme is built from.
+fn auth_secret(auth: &ResolvedAuthentication) -> Option<&SecretFile> {
+    match auth {
+        ResolvedAuthentication::None => None,
+        ResolvedAuthentication::Basic { password, .. } => Some(password),
+        ResolvedAuthentication::ApiKey { value, .. } => Some(value),
+        ResolvedAuthentication::BearerToken { token } => Some(token),
+        ResolvedAuthentication::OAuth2(o) => Some(&o.client_secret),
+    }
+}
