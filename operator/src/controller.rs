@@ -98,21 +98,40 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
         Err(e) => return Err(e),
     };
 
-    let old = status::ready_condition(ds.status.as_ref());
-    if status::is_transition(old, &readiness) {
-        tracing::info!(
-            datasource = %format!("{namespace}/{name}"),
-            ready = readiness.ready,
-            reason = %readiness.reason,
-            message = %readiness.message,
-            "Ready changed"
-        );
-        publish_event(&ctx, &ds, &namespace, &name, &readiness).await?;
-    }
-    let desired = status::desired(&ds, &readiness, config_map, Time(Timestamp::now()));
+    let generation = ds.metadata.generation;
+    let now = Time(Timestamp::now());
+    let desired = status::desired(
+        generation,
+        ds.status.as_ref(),
+        &readiness,
+        config_map.clone(),
+        now.clone(),
+    );
     if ds.status.as_ref() != Some(&desired) {
+        // The store can lag behind this operator's own last status write
+        // (a reconcile triggered by the ConfigMap it just wrote): decide on
+        // the object as the server has it now, so one transition makes one
+        // Event.
         let api: Api<ApiDatasource> = Api::namespaced(client.clone(), &namespace);
-        status::apply(&api, &name, &desired).await?;
+        let fresh = api
+            .get(&name)
+            .await
+            .map_err(|e| Error::kube(format!("reading ApiDatasource {name:?}"), e))?;
+        let current = fresh.status.as_ref();
+        let desired = status::desired(generation, current, &readiness, config_map, now);
+        if current != Some(&desired) {
+            if status::is_transition(status::ready_condition(current), &readiness) {
+                tracing::info!(
+                    datasource = %format!("{namespace}/{name}"),
+                    ready = readiness.ready,
+                    reason = %readiness.reason,
+                    message = %readiness.message,
+                    "Ready changed"
+                );
+                publish_event(&ctx, &ds, &namespace, &name, &readiness).await?;
+            }
+            status::apply(&api, &name, &desired).await?;
+        }
     }
 
     ctx.failures().remove(&ObjectRef::from_obj(&*ds));

@@ -71,16 +71,17 @@ fn status_word(ready: bool) -> &'static str {
     if ready { "True" } else { "False" }
 }
 
-/// The whole status as observed now. `lastTransitionTime` is kept while
-/// the condition's status does not change, as Kubernetes conventions ask.
+/// The whole status as observed now, for the spec of `generation`.
+/// `lastTransitionTime` is kept from `current` while the condition's status
+/// does not change, as Kubernetes conventions ask.
 pub fn desired(
-    ds: &ApiDatasource,
+    generation: Option<i64>,
+    current: Option<&ApiDatasourceStatus>,
     readiness: &Readiness,
     config_map: Option<String>,
     now: Time,
 ) -> ApiDatasourceStatus {
-    let generation = ds.metadata.generation;
-    let old = ready_condition(ds.status.as_ref());
+    let old = ready_condition(current);
     let status = status_word(readiness.ready);
     let last_transition_time = match old {
         Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -131,27 +132,19 @@ mod tests {
         Time(Timestamp::from_second(secs).expect("time"))
     }
 
-    fn ds_with(status: Option<ApiDatasourceStatus>) -> ApiDatasource {
-        let mut ds = ApiDatasource::new(
-            "payments",
-            serde_json::from_value(serde_json::json!({"url": "https://h"})).expect("spec"),
-        );
-        ds.metadata.generation = Some(3);
-        ds.status = status;
-        ds
-    }
-
     #[test]
     fn unchanged_readiness_keeps_the_transition_time() {
         let ready = Readiness::reconciled("payments-sidekey", None);
         let first = desired(
-            &ds_with(None),
+            Some(3),
+            None,
             &ready,
             Some("payments-sidekey".into()),
             time(10),
         );
         let again = desired(
-            &ds_with(Some(first.clone())),
+            Some(3),
+            Some(&first),
             &ready,
             Some("payments-sidekey".into()),
             time(99),
@@ -169,7 +162,7 @@ mod tests {
             "{}",
             ready.message
         );
-        let first = desired(&ds_with(None), &ready, None, time(10));
+        let first = desired(Some(3), None, &ready, None, time(10));
         let problem = Error::SecretNotFound {
             namespace: "shop".into(),
             secret: "tok".into(),
@@ -177,7 +170,7 @@ mod tests {
         };
         let bad = Readiness::invalid(&problem, Some("payments-sidekey"));
         assert!(is_transition(ready_condition(Some(&first)), &bad));
-        let second = desired(&ds_with(Some(first)), &bad, None, time(20));
+        let second = desired(Some(4), Some(&first), &bad, None, time(20));
         let c = &second.conditions[0];
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -194,7 +187,7 @@ mod tests {
     #[test]
     fn same_status_and_reason_is_no_transition() {
         let ready = Readiness::reconciled("x", None);
-        let st = desired(&ds_with(None), &ready, None, time(1));
+        let st = desired(Some(1), None, &ready, None, time(1));
         assert!(!is_transition(ready_condition(Some(&st)), &ready));
     }
 }

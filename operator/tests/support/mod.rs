@@ -1,0 +1,432 @@
+//! What every operator scenario needs: a fresh namespace on the test bed, a
+//! ServiceAccount bound to exactly the roles of `operator/rbac.yaml`, and
+//! the real `sidekey-operator` binary running as that ServiceAccount,
+//! watching only that namespace, its logs captured, killed when dropped.
+//!
+//! One operator per test, restricted with `--namespace`, lets the tests run
+//! in parallel without reconciling each other's datasources.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
+use kube::{Api, Client};
+use sidekey_crds::ApiDatasource;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a scenario waits for the operator to act before failing.
+pub const WAIT: Duration = Duration::from_secs(30);
+const TEST_MANAGER: &str = "sidekey-operator-tests";
+
+/// A namespace of the test bed, with a ServiceAccount the operator runs as.
+pub struct Bed {
+    pub client: Client,
+    pub ns: String,
+    /// Kubeconfig authenticating as the operator's ServiceAccount.
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Bed {
+    pub async fn new(prefix: &str) -> Self {
+        let client = sidekey_tests::client().await;
+        sidekey_tests::ensure_crd(&client).await;
+        let ns = sidekey_tests::namespace(&client, prefix).await;
+        let token = bind_operator_roles(&client, &ns).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, service_account_kubeconfig(&token)).expect("kubeconfig");
+        Self {
+            client,
+            ns,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    pub fn datasources(&self) -> Api<ApiDatasource> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates or replaces Secret `name` with exactly `data`.
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let mut body = serde_json::to_value(&secret).expect("secret json");
+        body["apiVersion"] = "v1".into();
+        body["kind"] = "Secret".into();
+        self.secrets()
+            .patch(
+                name,
+                &PatchParams::apply(TEST_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying Secret {name}: {e}"));
+    }
+
+    /// Creates the datasource from a manifest (YAML, without namespace).
+    pub async fn create_datasource(&self, yaml: &str) -> ApiDatasource {
+        let mut ds: ApiDatasource =
+            serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("manifest: {e}\n{yaml}"));
+        ds.metadata.namespace = Some(self.ns.clone());
+        self.datasources()
+            .create(&PostParams::default(), &ds)
+            .await
+            .unwrap_or_else(|e| panic!("creating datasource: {e}"))
+    }
+
+    /// Waits until the datasource's `Ready` condition has this status and
+    /// reason, and returns the datasource as it is then.
+    pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> ApiDatasource {
+        let api = self.datasources();
+        sidekey_tests::wait_for(
+            &format!(
+                "ApiDatasource {}/{name} Ready={status} reason={reason}",
+                self.ns
+            ),
+            WAIT,
+            || async {
+                let ds = api.get_opt(name).await.ok().flatten()?;
+                let c = ready(&ds)?;
+                (c.status == status && c.reason == reason).then_some(ds)
+            },
+        )
+        .await
+    }
+
+    pub async fn wait_configmap(&self, name: &str) -> ConfigMap {
+        let api = self.configmaps();
+        sidekey_tests::wait_for(&format!("ConfigMap {}/{name}", self.ns), WAIT, || async {
+            api.get_opt(name).await.ok().flatten()
+        })
+        .await
+    }
+
+    /// The Events of this namespace about datasource `name`.
+    pub async fn events_about(&self, name: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&ListParams::default())
+            .await
+            .expect("listing Events")
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("ApiDatasource") && r.name.as_deref() == Some(name)
+                })
+            })
+            .collect()
+    }
+
+    /// Waits for an Event about datasource `name` with this reason.
+    pub async fn wait_event(&self, name: &str, reason: &str) -> Event {
+        sidekey_tests::wait_for(
+            &format!("an Event {reason} about ApiDatasource {}/{name}", self.ns),
+            WAIT,
+            || async {
+                self.events_about(name)
+                    .await
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some(reason))
+            },
+        )
+        .await
+    }
+
+    /// Starts the operator on this namespace, as its ServiceAccount.
+    pub fn start_operator(&self, opts: OperatorOptions) -> Operator {
+        Operator::start(self, opts)
+    }
+}
+
+/// The `Ready` condition of a datasource.
+pub fn ready(ds: &ApiDatasource) -> Option<Condition> {
+    ds.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .cloned()
+}
+
+fn rbac_documents() -> (ClusterRole, Role) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} has no {kind}"))
+    };
+    (
+        serde_json::from_value(find("ClusterRole")).expect("ClusterRole"),
+        serde_json::from_value(find("Role")).expect("Role"),
+    )
+}
+
+/// Applies the roles of `operator/rbac.yaml`, binds them in `ns` to a new
+/// ServiceAccount, and returns that ServiceAccount's token.
+async fn bind_operator_roles(client: &Client, ns: &str) -> String {
+    let (cluster_role, role) = rbac_documents();
+    let apply = PatchParams::apply(TEST_MANAGER).force();
+    let cr_name = cluster_role
+        .metadata
+        .name
+        .clone()
+        .expect("ClusterRole name");
+    let role_name = role.metadata.name.clone().expect("Role name");
+    Api::<ClusterRole>::all(client.clone())
+        .patch(
+            &cr_name,
+            &apply,
+            &Patch::Apply(typed(&cluster_role, "ClusterRole")),
+        )
+        .await
+        .expect("applying ClusterRole");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .patch(&role_name, &apply, &Patch::Apply(typed(&role, "Role")))
+        .await
+        .expect("applying Role");
+
+    let sa_name = "sidekey-operator";
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": sa_name}}))
+            .expect("ServiceAccount"),
+    )
+    .await
+    .expect("creating ServiceAccount");
+    // A RoleBinding to the ClusterRole grants it in this namespace only,
+    // which is all an operator started with --namespace watches.
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    for (binding, kind, role) in [
+        ("sidekey-operator", "ClusterRole", cr_name.as_str()),
+        (
+            "sidekey-operator-leader-election",
+            "Role",
+            role_name.as_str(),
+        ),
+    ] {
+        let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": binding},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": ns}],
+        }))
+        .expect("RoleBinding");
+        bindings
+            .create(&PostParams::default(), &rb)
+            .await
+            .unwrap_or_else(|e| panic!("creating RoleBinding {binding}: {e}"));
+    }
+
+    // kube-controller-manager's token controller writes the token Secret.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    sidekey_tests::wait_for("the operator ServiceAccount's token", WAIT, || async {
+        let sa = sas.get(sa_name).await.ok()?;
+        let secret_name = sa.secrets?.first()?.name.clone()?;
+        let secret = secrets.get(&secret_name).await.ok()?;
+        let token = secret.data?.remove("token")?;
+        String::from_utf8(token.0).ok()
+    })
+    .await
+}
+
+fn typed<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).expect("json");
+    v["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
+    v["kind"] = kind.into();
+    v
+}
+
+/// The bed's kubeconfig, authenticating with `token` instead.
+fn service_account_kubeconfig(token: &str) -> String {
+    let path = sidekey_tests::kubeconfig_path();
+    let kc = Kubeconfig::read_from(&path).expect("bed kubeconfig");
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .expect("bed kubeconfig has a cluster");
+    let server = cluster.server.expect("server");
+    let ca = cluster
+        .certificate_authority_data
+        .expect("bed kubeconfig has certificate-authority-data");
+    format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{{name: bed, cluster: {{server: '{server}', certificate-authority-data: '{ca}'}}}}]\n\
+         users: [{{name: operator, user: {{token: '{token}'}}}}]\n\
+         contexts: [{{name: operator, context: {{cluster: bed, user: operator}}}}]\n\
+         current-context: operator\n"
+    )
+}
+
+/// How to start one operator process.
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub identity: String,
+    pub lease_name: String,
+    pub lease_duration: u64,
+    pub lease_grace: u64,
+    pub rust_log: String,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        Self {
+            identity: "operator-a".into(),
+            lease_name: "sidekey-operator".into(),
+            lease_duration: 15,
+            lease_grace: 5,
+            rust_log: "info".into(),
+        }
+    }
+}
+
+/// A running `sidekey-operator`; killed when dropped.
+pub struct Operator {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    pub identity: String,
+}
+
+impl Operator {
+    fn start(bed: &Bed, opts: OperatorOptions) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidekey-operator"));
+        cmd.args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--namespace", &bed.ns, "--lease-namespace", &bed.ns])
+            .args([
+                "--lease-name",
+                &opts.lease_name,
+                "--identity",
+                &opts.identity,
+            ])
+            .args(["--lease-duration", &opts.lease_duration.to_string()])
+            .args(["--lease-grace", &opts.lease_grace.to_string()])
+            .env("KUBECONFIG", &bed.kubeconfig)
+            .env("RUST_LOG", &opts.rust_log)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("starting sidekey-operator");
+        let output = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        tokio::spawn(collect(BufReader::new(stdout), output.clone()));
+        tokio::spawn(collect(BufReader::new(stderr), output.clone()));
+        Self {
+            child,
+            output,
+            identity: opts.identity,
+        }
+    }
+
+    /// Everything the process wrote so far, stdout and stderr.
+    pub fn logs(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The admin server's address, from the operator's own log line.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        sidekey_tests::wait_for("the operator's admin_addr log line", WAIT, || async {
+            self.logs().lines().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                v["admin_addr"].as_str()?.parse().ok()
+            })
+        })
+        .await
+    }
+
+    /// SIGKILL: the process stops without releasing anything.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("killing operator");
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; returns the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("operator still running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("operator did not exit after SIGTERM")
+            .expect("waiting for operator")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // kill_on_drop stops the process; show its logs when a test failed.
+        if std::thread::panicking() {
+            eprintln!(
+                "---- logs of operator {} ----\n{}",
+                self.identity,
+                self.logs()
+            );
+        }
+    }
+}
+
+async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>, out: Arc<Mutex<String>>) {
+    let mut lines = reader.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+/// A PEM bundle of `n` self-signed CA certificates.
+pub fn ca_bundle(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params =
+                rcgen::CertificateParams::new(vec![format!("ca{i}.sidekey.test")]).expect("params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.self_signed(&key).expect("certificate").pem()
+        })
+        .collect()
+}
