@@ -1,0 +1,155 @@
+// A real OAuth 2.0 authorization server for sidekey's sidecar tests:
+// node-oidc-provider (an OpenID-certified implementation), configured for the
+// client credentials grant with both client authentication methods enforced,
+// resource indicators (RFC 8707), JWT access tokens, and a short token
+// lifetime. It adds nothing of its own to the protocol: the only extension is
+// that the token endpoint accepts `audience` and the custom parameters named
+// with --extra-param, and copies them into the access token's claims so tests
+// can prove they arrived. And one strictness: oidc-provider accepts
+// client_secret_basic and client_secret_post interchangeably for a client
+// registered with either; here a client must use the method it is registered
+// with, so tests prove which form the sidecar sent.
+//
+// Usage: node server.mjs --clients clients.json [--ttl SECONDS]
+//        [--tls-cert cert.pem --tls-key key.pem] [--extra-param NAME ...]
+// Prints one JSON line {"port": N} once it listens on 127.0.0.1, then one
+// JSON line per token request ({"event": "grant.success" | "grant.error", ...}).
+//
+// clients.json: [{"client_id", "client_secret", "token_endpoint_auth_method"}, ...]
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+import * as clientCredentials from 'oidc-provider/lib/actions/grants/client_credentials.js';
+
+const { values: args } = parseArgs({
+  options: {
+    clients: { type: 'string' },
+    ttl: { type: 'string', default: process.env.OAUTH_TOKEN_TTL ?? '300' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'extra-param': { type: 'string', multiple: true, default: ['audience', 'tenant'] },
+    'default-resource': { type: 'string', default: 'https://api.sidekey.test' },
+  },
+});
+
+if (!args.clients) {
+  console.error('--clients FILE is required');
+  process.exit(2);
+}
+const ttl = Number.parseInt(args.ttl, 10);
+if (!(ttl > 0)) {
+  console.error(`--ttl must be a positive number of seconds, not ${args.ttl}`);
+  process.exit(2);
+}
+const extraParams = args['extra-param'];
+const SCOPES = ['payments.read', 'payments.write'];
+
+const clients = JSON.parse(readFileSync(args.clients, 'utf8')).map((c) => ({
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  scope: SCOPES.join(' '),
+  id_token_signed_response_alg: 'ES256',
+  ...c,
+}));
+
+// A fresh signing key per run, so no development key is ever used.
+const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'test-1', alg: 'ES256', use: 'sig' };
+
+const provider = new Provider('http://127.0.0.1', {
+  clients,
+  jwks: { keys: [jwk] },
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  scopes: ['openid', ...SCOPES],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // Every token is for a resource server, hence a JWT the upstream can read.
+      defaultResource: async (ctx, client, oneOf) => oneOf ?? args['default-resource'],
+      getResourceServerInfo: async (ctx, resource) => ({
+        scope: SCOPES.join(' '),
+        audience: resource,
+        accessTokenTTL: ttl,
+        accessTokenFormat: 'jwt',
+        jwt: { sign: { alg: 'ES256' } },
+      }),
+    },
+  },
+  ttl: { ClientCredentials: ttl },
+  extraTokenClaims: async (ctx) => {
+    const received = {};
+    for (const name of extraParams) {
+      if (ctx.oidc.params[name] !== undefined) received[name] = ctx.oidc.params[name];
+    }
+    return { token_request: received };
+  },
+});
+
+// Let the client credentials grant accept the extra parameters too (oidc-provider's
+// `extraParams` setting covers the authorization endpoint only).
+provider.registerGrantType(
+  'client_credentials',
+  clientCredentials.handler,
+  [...clientCredentials.parameters, ...extraParams],
+  ['resource'],
+);
+
+// Strict client authentication method (see the top of this file). Runs around
+// the token endpoint; a mismatch replaces the answer with RFC 6749's invalid_client.
+provider.use(async (ctx, next) => {
+  await next();
+  const client = ctx.oidc?.client;
+  if (ctx.path !== '/token' || !client || ctx.status !== 200) return;
+  const used = ctx.headers.authorization !== undefined ? 'client_secret_basic' : 'client_secret_post';
+  if (used !== client.tokenEndpointAuthMethod) {
+    ctx.status = 401;
+    ctx.body = {
+      error: 'invalid_client',
+      error_description: `client authenticated with ${used} but is registered for ${client.tokenEndpointAuthMethod}`,
+    };
+    log({ event: 'grant.error', client_id: client.clientId, error: 'invalid_client', description: ctx.body.error_description });
+    return;
+  }
+  const p = ctx.oidc.params;
+  log({
+    event: 'grant.success',
+    client_id: client.clientId,
+    auth_method: used,
+    grant_type: p.grant_type,
+    scope: p.scope,
+    resource: p.resource,
+    extra: Object.fromEntries(extraParams.filter((n) => p[n] !== undefined).map((n) => [n, p[n]])),
+  });
+});
+
+function log(event) {
+  process.stdout.write(`${JSON.stringify(event)}\n`);
+}
+
+provider.on('grant.error', (ctx, error) => {
+  log({ event: 'grant.error', client_id: ctx.oidc?.client?.clientId, error: error.error, description: error.error_description });
+});
+
+const callback = provider.callback();
+const server = args['tls-cert']
+  ? https.createServer({ cert: readFileSync(args['tls-cert']), key: readFileSync(args['tls-key']) }, callback)
+  : http.createServer(callback);
+
+server.listen(0, '127.0.0.1', () => {
+  log({ port: server.address().port });
+});
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    server.close();
+    process.exit(0);
+  });
+}
