@@ -1,0 +1,27 @@
+//! What the sidecar's integration tests share: certificates, a real HTTPS
+//! upstream, the real sidecar binary, and the real OAuth 2.0 server.
+#![allow(dead_code)]
+
+pub mod oauth;
+pub mod pki;
+pub mod sidecar;
+pub mod upstream;
+
+pub use pki::Pki;
+pub use sidecar::{Workspace, client, get_echo, header};
+pub use upstream::Upstream;
+
+/// An `ApiDatasource` manifest for `url` with the given `spec` lines
+/// (indented two spaces), trusting the test CA from secret `ca`/`ca.crt`.
+pub fn manifest(url: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: sidekey.dev/v1alpha1\nkind: ApiDatasource\nmetadata:\n  name: payments\n  namespace: shop\nspec:\n  url: {url}\n  tls:\n    caCertificateSecretRef: {{ name: ca, key: ca.crt }}\n{spec}"
+    )
+}
+
+/// A workspace whose CA secret is the test CA of `pki`.
+pub fn workspace(pki: &Pki) -> Workspace {
+    let ws = Workspace::new();
+    ws.write_secret("ca", "ca.crt", &pki.ca_pem);
+    ws
+}

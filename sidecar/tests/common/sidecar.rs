@@ -1,0 +1,307 @@
+//! The real `sidekey-sidecar` binary, run on loopback with a datasource and
+//! secrets written to a temporary directory; its JSON log lines are kept
+//! for assertions.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A temporary directory holding `datasource.yaml` and `secrets/<name>/<key>`.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("secrets")).expect("secrets dir");
+        Self { dir }
+    }
+
+    pub fn datasource_path(&self) -> PathBuf {
+        self.dir.path().join("datasource.yaml")
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+
+    pub fn write_datasource(&self, yaml: &str) {
+        std::fs::write(self.datasource_path(), yaml).expect("write datasource");
+    }
+
+    pub fn write_secret(&self, name: &str, key: &str, value: &str) {
+        let dir = self.secrets_dir().join(name);
+        std::fs::create_dir_all(&dir).expect("secret dir");
+        std::fs::write(dir.join(key), value).expect("write secret");
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+}
+
+pub struct Sidecar {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a sidecar that would not start said.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: Option<std::process::ExitStatus>,
+    pub output: String,
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sidekey-sidecar")
+}
+
+/// Starts the binary on 127.0.0.1 with free ports and waits until it
+/// listens, or returns what it printed if it exits first.
+pub fn try_start(ws: &Workspace, extra: &[&str]) -> Result<Sidecar, StartFailure> {
+    let mut child = Command::new(binary())
+        .arg("--datasource")
+        .arg(ws.datasource_path())
+        .arg("--secrets-dir")
+        .arg(ws.secrets_dir())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--reload-interval",
+            "0.3",
+            "--worker-threads",
+            "2",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sidekey-sidecar");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                lines.lock().expect("lock").push(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (proxy, admin) = {
+            let lines = lines.lock().expect("lock");
+            (
+                find_address(&lines, "proxy listening"),
+                find_address(&lines, "admin listening"),
+            )
+        };
+        if let (Some(addr), Some(admin)) = (proxy, admin) {
+            return Ok(Sidecar {
+                child,
+                addr,
+                admin,
+                lines,
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            std::thread::sleep(Duration::from_millis(200));
+            let output = lines.lock().expect("lock").join("\n");
+            return Err(StartFailure {
+                status: Some(status),
+                output,
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let output = lines.lock().expect("lock").join("\n");
+            return Err(StartFailure {
+                status: None,
+                output,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn start(ws: &Workspace) -> Sidecar {
+    start_with(ws, &[])
+}
+
+pub fn start_with(ws: &Workspace, extra: &[&str]) -> Sidecar {
+    match try_start(ws, extra) {
+        Ok(s) => s,
+        Err(f) => panic!(
+            "sidekey-sidecar did not start ({:?}):\n{}",
+            f.status, f.output
+        ),
+    }
+}
+
+fn find_address(lines: &[String], message: &str) -> Option<SocketAddr> {
+    lines.iter().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != message {
+            return None;
+        }
+        v["address"].as_str()?.parse().ok()
+    })
+}
+
+impl Sidecar {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it printed so far.
+    pub fn logs(&self) -> String {
+        self.lines.lock().expect("lock").join("\n")
+    }
+
+    /// Waits until a log line contains `text`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.logs().contains(text) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no log line with {text:?} within {within:?}:\n{}",
+            self.logs()
+        );
+    }
+
+    /// A value from the Prometheus exposition, by its full sample name.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+
+    /// Resident memory of the process now and at its peak, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+/// A plain HTTP client for talking to the sidecar (no proxy from the
+/// environment, no pooling surprises).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+/// Sends GET and parses the upstream's echo.
+pub async fn get_echo(sidecar: &Sidecar, path: &str) -> serde_json::Value {
+    let response = client()
+        .get(sidecar.url(path))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let body = response.text().await.expect("body");
+    assert_eq!(status, 200, "GET {path}: {body}\nlogs:\n{}", sidecar.logs());
+    serde_json::from_str(&body).expect("echo json")
+}
+
+/// The one value of header `name` in an echo.
+pub fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    let values = echo["headers"][name].as_array()?;
+    assert_eq!(values.len(), 1, "{name}: {values:?}");
+    values[0].as_str()
+}
+
+/// Creates `dir/..data -> ..<version>` and `dir/<key> -> ..data/<key>`, the
+/// layout kubelet gives a mounted Secret, or swaps `..data` atomically to a
+/// new version as kubelet does on update.
+pub fn kubelet_write(dir: &Path, version: &str, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let versioned = dir.join(format!("..{version}"));
+    std::fs::create_dir(&versioned).expect("version dir");
+    for (key, value) in files {
+        std::fs::write(versioned.join(key), value).expect("write");
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for (key, _) in files {
+        let link = dir.join(key);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{key}"), &link).expect("key symlink");
+        }
+    }
+}
