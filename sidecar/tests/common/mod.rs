@@ -8,6 +8,7 @@ pub mod sidecar;
 pub mod upstream;
 
 pub use pki::Pki;
+#[allow(unused_imports)]
 pub use sidecar::{Workspace, client, get_echo, header};
 pub use upstream::Upstream;
 

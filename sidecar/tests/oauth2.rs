@@ -1,0 +1,313 @@
+//! OAuth 2.0 client credentials against a real authorization server
+//! (node-oidc-provider over HTTPS from the test CA).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::oauth::{self, BASIC_CLIENT, BASIC_SECRET, BODY_CLIENT, BODY_SECRET, OAuthServer};
+use common::*;
+
+/// A datasource using `client`/`secret` at `server`, with `extra` lines
+/// under `oauth2:`.
+fn oauth_workspace(
+    pki: &Pki,
+    upstream: &str,
+    token_url: &str,
+    client: &str,
+    secret: &str,
+    extra: &str,
+) -> Workspace {
+    let ws = workspace(pki);
+    ws.write_secret("payments-oauth", "client-secret", secret);
+    ws.write_datasource(&manifest(
+        upstream,
+        &format!(
+            "  authentication:\n    type: OAuth2\n    oauth2:\n      accessTokenUrl: {token_url}\n      clientId: {client:?}\n      clientSecretRef: {{ name: payments-oauth, key: client-secret }}\n{extra}"
+        ),
+    ));
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom_parameters() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "      scopes: [ payments.read, payments.write ]\n      audience: https://payments.internal\n      resource: https://payments.test\n      customParameters: [ { name: tenant, value: acme } ]\n",
+    );
+    let sidecar = sidecar::start(&ws);
+    let response = client()
+        .get(sidecar.url("/charges"))
+        .header("authorization", "Bearer app-made-this-up")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200, "{}", sidecar.logs());
+    let echo: serde_json::Value = response.json().await.expect("echo");
+    let authorization = header(&echo, "authorization").expect("authorization");
+    assert!(authorization.starts_with("Bearer ey"), "{authorization}");
+    let claims = oauth::claims(authorization);
+    assert_eq!(claims["client_id"], BODY_CLIENT);
+    assert_eq!(claims["scope"], "payments.read payments.write");
+    assert_eq!(claims["aud"], "https://payments.test");
+    assert_eq!(
+        claims["token_request"]["audience"],
+        "https://payments.internal"
+    );
+    assert_eq!(claims["token_request"]["tenant"], "acme");
+    let grants = server.grants();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["auth_method"], "client_secret_post");
+    assert_eq!(grants[0]["scope"], "payments.read payments.write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_with_a_basic_header_form_urlencode_id_and_secret() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BASIC_CLIENT,
+        BASIC_SECRET,
+        "      clientAuthentication: BasicHeader\n      scopes: [ payments.read ]\n",
+    );
+    let sidecar = sidecar::start(&ws);
+    let echo = get_echo(&sidecar, "/a").await;
+    let claims = oauth::claims(header(&echo, "authorization").expect("authorization"));
+    assert_eq!(claims["client_id"], BASIC_CLIENT);
+    assert_eq!(claims["scope"], "payments.read");
+    assert_eq!(server.grants()[0]["auth_method"], "client_secret_basic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_authenticating_the_wrong_way_gets_503_with_the_servers_answer() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    // Registered for client_secret_post, configured to use the Basic header.
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "      clientAuthentication: BasicHeader\n",
+    );
+    let sidecar = sidecar::start(&ws);
+    let response = client()
+        .get(sidecar.url("/a"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "token_unavailable");
+    let reason = body["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("invalid_client") && reason.contains("HTTP 401"),
+        "{reason}"
+    );
+    assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 0);
+    assert!(server.grants().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_goes_in_the_access_token_query_parameter_when_asked() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "      addTokenTo: QueryParameter\n",
+    );
+    let sidecar = sidecar::start(&ws);
+    let echo = get_echo(&sidecar, "/a?access_token=smuggled&x=1").await;
+    let query = echo["query"].as_str().expect("query");
+    let token = query
+        .strip_prefix("x=1&access_token=")
+        .unwrap_or_else(|| panic!("query {query}"));
+    assert_eq!(oauth::claims(token)["client_id"], BODY_CLIENT);
+    assert!(echo["headers"]["authorization"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_prefix_is_written_before_the_token() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "      headerPrefix: OAuth\n",
+    );
+    let sidecar = sidecar::start(&ws);
+    let echo = get_echo(&sidecar, "/a").await;
+    assert!(
+        header(&echo, "authorization").is_some_and(|a| a.starts_with("OAuth ey")),
+        "{echo}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_request() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 3);
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "",
+    );
+    let sidecar = Arc::new(sidecar::start(&ws));
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let sidecar = sidecar.clone();
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while Instant::now() < until {
+                let response = http
+                    .get(sidecar.url("/traffic"))
+                    .send()
+                    .await
+                    .expect("request");
+                if response.status() == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(format!(
+                        "{}: {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        }));
+    }
+    let mut total = 0;
+    for w in workers {
+        let (ok, failed) = w.await.expect("worker");
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "only {total} requests in 10 s");
+    // The upstream refuses expired tokens: none reached it.
+    assert_eq!(upstream.state.refused.load(Ordering::SeqCst), 0);
+    let tokens = upstream.state.authorizations.lock().expect("lock").len();
+    assert!(
+        tokens >= 4,
+        "only {tokens} distinct tokens in 10 s of 3 s tokens"
+    );
+    let fetches = sidecar.metric("sidekey_token_fetches_total").await;
+    assert!(fetches >= 4.0, "{fetches} token fetches");
+    assert_eq!(
+        sidecar.metric("sidekey_token_fetch_failures_total").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_401_renews_the_token_once_and_retries_the_request() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "",
+    );
+    let sidecar = sidecar::start(&ws);
+    let first = get_echo(&sidecar, "/a").await;
+    let old = header(&first, "authorization")
+        .expect("authorization")
+        .to_owned();
+    upstream
+        .state
+        .revoked
+        .lock()
+        .expect("lock")
+        .insert(old.clone());
+
+    let response = client()
+        .post(sidecar.url("/charges"))
+        .body("{\"amount\": 5}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200, "{}", sidecar.logs());
+    let echo: serde_json::Value = response.json().await.expect("echo");
+    let new = header(&echo, "authorization").expect("authorization");
+    assert_ne!(new, old);
+    assert_eq!(echo["body_len"], 13, "the body was sent again");
+    assert_eq!(upstream.state.refused.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(server.grants().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_down_gets_503_with_a_json_body() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &format!("https://127.0.0.1:{port}/token"),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "",
+    );
+    let sidecar = sidecar::start(&ws);
+    let response = client()
+        .get(sidecar.url("/a"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "token_unavailable");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot be reached")),
+        "{body}"
+    );
+    let ready = client()
+        .get(sidecar.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 0);
+}
