@@ -381,6 +381,14 @@ impl Operator {
         self.child.kill().await.expect("killing operator");
     }
 
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("operator {} did not exit within {WAIT:?}", self.identity))
+            .expect("waiting for operator")
+    }
+
     /// SIGTERM, as Kubernetes stops a pod; returns the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("operator still running");
@@ -389,10 +397,7 @@ impl Operator {
             .status()
             .expect("running kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("operator did not exit after SIGTERM")
-            .expect("waiting for operator")
+        self.wait_exit().await
     }
 }
 
