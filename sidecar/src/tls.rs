@@ -87,8 +87,7 @@ mod tests {
             }),
             true,
         )
-        .err()
-        .expect("no certificate");
+        .expect_err("no certificate");
         assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
         assert!(err.to_string().contains("\"ca.crt\""), "{err}");
     }

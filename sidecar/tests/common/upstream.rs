@@ -80,11 +80,6 @@ impl Upstream {
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
-
-    /// Stops listening: later connections are refused.
-    pub fn stop(&self) {
-        self.task.abort();
-    }
 }
 
 type Body = BoxBody<Bytes, Infallible>;
