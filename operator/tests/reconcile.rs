@@ -401,3 +401,27 @@ async fn configmap_edited_by_hand_is_restored() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn deleting_a_referenced_secret_turns_ready_false_and_keeps_the_configmap() {
+    let bed = Bed::new("op-secretgone").await;
+    bed.put_secret("signing", &[("key", KEY_32)]).await;
+    let _op = bed.start_operator(OperatorOptions::default());
+    bed.create_datasource(SIGNED).await;
+    bed.wait_ready("signed", "True", "Reconciled").await;
+    let before = bed.wait_configmap("signed-sidekey").await;
+
+    bed.secrets()
+        .delete("signing", &DeleteParams::default())
+        .await
+        .expect("deleting Secret");
+    let ds = bed.wait_ready("signed", "False", "SecretNotFound").await;
+    let message = ready(&ds).expect("Ready").message;
+    assert!(message.contains("keeps the last valid spec"), "{message}");
+    let during = bed
+        .configmaps()
+        .get("signed-sidekey")
+        .await
+        .expect("ConfigMap kept");
+    assert_eq!(during.data, before.data);
+}
