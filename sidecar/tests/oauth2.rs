@@ -311,3 +311,72 @@ async fn token_endpoint_down_gets_503_with_a_json_body() {
     assert_eq!(ready.status(), 503);
     assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 0);
 }
+
+fn authorization_code_workspace(pki: &Pki, upstream: &str, token_url: &str) -> Workspace {
+    use common::oauth::{USER_CLIENT, USER_SECRET};
+    let ws = workspace(pki);
+    ws.write_secret("payments-oauth", "client-secret", USER_SECRET);
+    ws.write_datasource(&manifest(
+        upstream,
+        &format!(
+            "  authentication:\n    type: OAuth2\n    oauth2:\n      grantType: AuthorizationCode\n      accessTokenUrl: {token_url}\n      authorizationUrl: https://127.0.0.1:9/auth\n      redirectUrl: https://app.sidekey.test/callback\n      clientId: {USER_CLIENT}\n      clientSecretRef: {{ name: payments-oauth, key: client-secret }}\n"
+        ),
+    ));
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_without_a_refresh_token_is_not_ready_and_says_why() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    let ws = authorization_code_workspace(&pki, &upstream.url(), &server.token_url());
+    let sidecar = sidecar::start(&ws);
+    let ready = client()
+        .get(sidecar.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let reason = ready.text().await.expect("body");
+    assert!(
+        reason.contains("no refresh token yet") && reason.contains("payments-sidekey-oauth"),
+        "{reason}"
+    );
+    let response = client()
+        .get(sidecar.url("/a"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 503);
+    assert!(server.grants().is_empty() && server.errors().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_refreshes_with_the_rotated_refresh_token() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start_with_refresh_token(&pki, 2);
+    let ws = authorization_code_workspace(&pki, &upstream.url(), &server.token_url());
+    ws.write_secret(
+        "payments-sidekey-oauth",
+        "refresh-token",
+        &server.refresh_token(),
+    );
+    let sidecar = sidecar::start(&ws);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        get_echo(&sidecar, "/a").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grants = server.grants();
+    // Each refresh spends the previous refresh token; reusing one would fail.
+    assert!(grants.len() >= 3, "{grants:?}");
+    assert!(
+        grants.iter().all(|g| g["grant_type"] == "refresh_token"),
+        "{grants:?}"
+    );
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    let tokens = upstream.state.authorizations.lock().expect("lock").len();
+    assert!(tokens >= 3, "{tokens} distinct access tokens");
+}

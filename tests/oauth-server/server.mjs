@@ -12,10 +12,18 @@
 //
 // Usage: node server.mjs --clients clients.json [--ttl SECONDS]
 //        [--tls-cert cert.pem --tls-key key.pem] [--extra-param NAME ...]
+//        [--mint-refresh-token CLIENT_ID]
 // Prints one JSON line {"port": N} once it listens on 127.0.0.1, then one
 // JSON line per token request ({"event": "grant.success" | "grant.error", ...}).
 //
-// clients.json: [{"client_id", "client_secret", "token_endpoint_auth_method"}, ...]
+// clients.json: [{"client_id", "client_secret", "token_endpoint_auth_method",
+// optionally "grant_types", "redirect_uris", "response_types"}, ...]
+//
+// --mint-refresh-token stands in for a user's authorization: it records a
+// grant for that client (an authorization_code + refresh_token client) and
+// prints {"refresh_token": "..."} before the port line. Refresh tokens rotate
+// on every use, so a client that reuses a spent one is caught (the server
+// then revokes the whole grant, as OAuth 2.0 security practice asks).
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -34,6 +42,7 @@ const { values: args } = parseArgs({
     'tls-key': { type: 'string' },
     'extra-param': { type: 'string', multiple: true, default: ['audience', 'tenant'] },
     'default-resource': { type: 'string', default: 'https://api.sidekey.test' },
+    'mint-refresh-token': { type: 'string' },
   },
 });
 
@@ -66,7 +75,7 @@ const provider = new Provider('http://127.0.0.1', {
   clients,
   jwks: { keys: [jwk] },
   cookies: { keys: [randomBytes(32).toString('hex')] },
-  scopes: ['openid', ...SCOPES],
+  scopes: ['openid', 'offline_access', ...SCOPES],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -83,7 +92,8 @@ const provider = new Provider('http://127.0.0.1', {
       }),
     },
   },
-  ttl: { ClientCredentials: ttl },
+  ttl: { ClientCredentials: ttl, AccessToken: ttl, Grant: 3600, RefreshToken: 3600 },
+  rotateRefreshToken: true,
   extraTokenClaims: async (ctx) => {
     const received = {};
     for (const name of extraParams) {
@@ -142,6 +152,30 @@ const callback = provider.callback();
 const server = args['tls-cert']
   ? https.createServer({ cert: readFileSync(args['tls-cert']), key: readFileSync(args['tls-key']) }, callback)
   : http.createServer(callback);
+
+if (args['mint-refresh-token']) {
+  const clientId = args['mint-refresh-token'];
+  const client = await provider.Client.find(clientId);
+  if (!client) {
+    console.error(`--mint-refresh-token: no client ${clientId}`);
+    process.exit(2);
+  }
+  const resource = args['default-resource'];
+  const grant = new provider.Grant({ accountId: 'user-1', clientId });
+  grant.addOIDCScope('openid offline_access');
+  grant.addResourceScope(resource, SCOPES.join(' '));
+  const grantId = await grant.save();
+  const refreshToken = new provider.RefreshToken({
+    accountId: 'user-1',
+    client,
+    grantId,
+    gty: 'authorization_code',
+    scope: `openid offline_access ${SCOPES.join(' ')}`,
+    resource,
+    expiresWithSession: false,
+  });
+  log({ refresh_token: await refreshToken.save() });
+}
 
 server.listen(0, '127.0.0.1', () => {
   log({ port: server.address().port });

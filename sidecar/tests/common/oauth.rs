@@ -15,6 +15,9 @@ pub const BODY_SECRET: &str = "body-secret-7b1f9c2e0a4d";
 /// of the Basic header must escape.
 pub const BASIC_CLIENT: &str = "shop payments:basic";
 pub const BASIC_SECRET: &str = "b4sic:s3cret with space+plus%&=";
+/// A client of the authorization-code grant, whose user authorized it.
+pub const USER_CLIENT: &str = "shop-user-app";
+pub const USER_SECRET: &str = "user-app-secret-93c1d";
 
 pub struct OAuthServer {
     child: Child,
@@ -37,6 +40,15 @@ fn server_dir() -> PathBuf {
 impl OAuthServer {
     /// Starts the server with tokens living `ttl_seconds`; HTTPS with `pki`.
     pub fn start(pki: &Pki, ttl_seconds: u32) -> Self {
+        Self::start_with(pki, ttl_seconds, &[])
+    }
+
+    /// The same, with a refresh token minted for [`USER_CLIENT`].
+    pub fn start_with_refresh_token(pki: &Pki, ttl_seconds: u32) -> Self {
+        Self::start_with(pki, ttl_seconds, &["--mint-refresh-token", USER_CLIENT])
+    }
+
+    fn start_with(pki: &Pki, ttl_seconds: u32, extra: &[&str]) -> Self {
         let dir = server_dir();
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -49,6 +61,11 @@ impl OAuthServer {
               "token_endpoint_auth_method": "client_secret_post" },
             { "client_id": BASIC_CLIENT, "client_secret": BASIC_SECRET,
               "token_endpoint_auth_method": "client_secret_basic" },
+            { "client_id": USER_CLIENT, "client_secret": USER_SECRET,
+              "token_endpoint_auth_method": "client_secret_post",
+              "grant_types": ["authorization_code", "refresh_token"],
+              "redirect_uris": ["https://app.sidekey.test/callback"],
+              "response_types": ["code"] },
         ]);
         let write = |name: &str, text: &str| {
             let path = tmp.path().join(name);
@@ -68,6 +85,7 @@ impl OAuthServer {
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -108,6 +126,16 @@ impl OAuthServer {
             events,
             _dir: tmp,
         }
+    }
+
+    /// The refresh token minted at start.
+    pub fn refresh_token(&self) -> String {
+        self.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .find_map(|e| e["refresh_token"].as_str().map(str::to_owned))
+            .expect("no refresh token was minted")
     }
 
     pub fn token_url(&self) -> String {
