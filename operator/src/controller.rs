@@ -17,8 +17,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use sidekey_crds::ApiDatasource;
 use sidekey_crds::names::{FIELD_MANAGER, configmap_name};
+use sidekey_crds::{ApiDatasource, ApiDatasourceStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::configmap;
@@ -80,45 +80,40 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
     let client = &ctx.client;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let kept = ds.status.as_ref().and_then(|s| s.config_map.clone());
-    let (readiness, config_map) = match validate::validate(&ds, &secrets).await {
+    let outcome = match validate::validate(&ds, &secrets).await {
         Ok(valid) => {
             let cm = configmap::desired(&ds, &valid.resolved)?;
             configmap::apply(&Api::namespaced(client.clone(), &namespace), &cm).await?;
-            let cm_name = configmap_name(&name);
-            (
-                Readiness::reconciled(&cm_name, valid.ca_certificates),
-                Some(cm_name),
-            )
+            Outcome::Valid {
+                config_map: configmap_name(&name),
+                ca_certificates: valid.ca_certificates,
+            }
         }
-        // Bad input: say so and keep the last good ConfigMap untouched.
-        Err(problem) if problem.is_invalid_datasource() => {
-            (Readiness::invalid(&problem, kept.as_deref()), kept)
-        }
+        // Bad input: say so and leave the last good ConfigMap untouched.
+        Err(problem) if problem.is_invalid_datasource() => Outcome::Invalid(problem),
         Err(e) => return Err(e),
     };
 
     let generation = ds.metadata.generation;
     let now = Time(Timestamp::now());
-    let desired = status::desired(
-        generation,
-        ds.status.as_ref(),
-        &readiness,
-        config_map.clone(),
-        now.clone(),
-    );
+    let (readiness, desired) = outcome.status(generation, ds.status.as_ref(), now.clone());
     if ds.status.as_ref() != Some(&desired) {
         // The store can lag behind this operator's own last status write
         // (a reconcile triggered by the ConfigMap it just wrote): decide on
         // the object as the server has it now, so one transition makes one
-        // Event.
+        // Event and the kept ConfigMap is not forgotten.
         let api: Api<ApiDatasource> = Api::namespaced(client.clone(), &namespace);
-        let fresh = api
-            .get(&name)
+        let Some(fresh) = api
+            .get_opt(&name)
             .await
-            .map_err(|e| Error::kube(format!("reading ApiDatasource {name:?}"), e))?;
+            .map_err(|e| Error::kube(format!("reading ApiDatasource {name:?}"), e))?
+        else {
+            // Deleted meanwhile: its ConfigMap goes with it.
+            ctx.failures().remove(&ObjectRef::from_obj(&*ds));
+            return Ok(Action::await_change());
+        };
         let current = fresh.status.as_ref();
-        let desired = status::desired(generation, current, &readiness, config_map, now);
+        let (readiness, desired) = outcome.status(generation, current, now);
         if current != Some(&desired) {
             if status::is_transition(status::ready_condition(current), &readiness) {
                 tracing::info!(
@@ -137,6 +132,42 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
     ctx.failures().remove(&ObjectRef::from_obj(&*ds));
     ctx.metrics.reconciled(&readiness.reason);
     Ok(Action::requeue(RESYNC))
+}
+
+/// What validation concluded, before it is written down.
+enum Outcome {
+    Valid {
+        config_map: String,
+        ca_certificates: Option<usize>,
+    },
+    Invalid(Error),
+}
+
+impl Outcome {
+    /// The `Ready` condition and the whole status, given the status as it
+    /// is now (for `lastTransitionTime` and the ConfigMap kept in place).
+    fn status(
+        &self,
+        generation: Option<i64>,
+        current: Option<&ApiDatasourceStatus>,
+        now: Time,
+    ) -> (Readiness, ApiDatasourceStatus) {
+        let (readiness, config_map) = match self {
+            Self::Valid {
+                config_map,
+                ca_certificates,
+            } => (
+                Readiness::reconciled(config_map, *ca_certificates),
+                Some(config_map.clone()),
+            ),
+            Self::Invalid(problem) => {
+                let kept = current.and_then(|s| s.config_map.clone());
+                (Readiness::invalid(problem, kept.as_deref()), kept)
+            }
+        };
+        let desired = status::desired(generation, current, &readiness, config_map, now);
+        (readiness, desired)
+    }
 }
 
 async fn publish_event(
