@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -157,6 +157,5 @@ async fn send(
 fn finish(response: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     hop_by_hop::strip(&mut parts.headers);
-    parts.version = Version::HTTP_11;
     Response::from_parts(parts, Either::Left(body))
 }

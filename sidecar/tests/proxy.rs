@@ -77,6 +77,12 @@ async fn api_key_query_parameter_replaces_the_apps_own() {
     let echo = get_echo(&sidecar, "/a?X-Api-Key=smuggled&page=2").await;
     assert_eq!(echo["query"], "page=2&X-Api-Key=k3y-value%2F%2B%3D");
     assert!(echo["headers"]["x-api-key"].is_null());
+    // Debug logs on: the key in the URL must not reach them.
+    let logs = sidecar.logs();
+    assert!(
+        !logs.contains("k3y-value") && !logs.contains("k3y-value%2F"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
