@@ -77,6 +77,13 @@ pub fn secret_file_path(secret: &str, key: &str) -> String {
     format!("{secret}/{key}")
 }
 
+/// Suffix of the Secret in which the operator keeps the tokens it obtained
+/// for a datasource with the authorization-code grant: `<datasource>-sidekey-oauth`.
+/// The sidecar reads it, when mounted, as `<secrets-dir>/<that secret>/<key>`.
+pub const OAUTH_TOKEN_SECRET_SUFFIX: &str = "-sidekey-oauth";
+/// Key of the refresh token in that Secret.
+pub const REFRESH_TOKEN_KEY: &str = "refresh-token";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,10 +98,3 @@ mod tests {
         assert_eq!(configmap_name("payments"), "payments-sidekey");
     }
 }
-
-/// Suffix of the Secret in which the operator keeps the tokens it obtained
-/// for a datasource with the authorization-code grant: `<datasource>-sidekey-oauth`.
-/// The sidecar reads it, when mounted, as `<secrets-dir>/<that secret>/<key>`.
-pub const OAUTH_TOKEN_SECRET_SUFFIX: &str = "-sidekey-oauth";
-/// Key of the refresh token in that Secret.
-pub const REFRESH_TOKEN_KEY: &str = "refresh-token";
