@@ -85,7 +85,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube_lease_manager::LeaseManagerError,
+        source: kube::Error,
     },
 
     #[error("lost leadership of Lease {namespace}/{name}")]

@@ -1,6 +1,8 @@
-//! Two operator processes elect one leader on a Lease: only the leader
-//! reconciles, the standby takes over when the leader stops, and a leader
-//! whose Lease is taken stops. Each test uses its own Lease name.
+//! Operator processes elect one leader on a Lease: only the leader
+//! reconciles, a standby takes over promptly when the leader stops (at once
+//! after a graceful stop, as soon as the claim expires after a kill),
+//! candidates racing for one Lease never both lead, and a leader whose
+//! Lease is taken stops. Each test uses its own namespace and Lease.
 //!
 //! Needs the test bed: run with `scripts/test`, or set
 //! SIDEKEY_TEST_KUBECONFIG (see `scripts/kube-testbed.sh`).
@@ -9,20 +11,24 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use support::{Bed, Operator, OperatorOptions, WAIT};
 
 /// Short enough for a test, long enough for two renewals per term.
 const LEASE_SECONDS: u64 = 5;
 const GRACE_SECONDS: u64 = 2;
-/// Beyond the lease duration, what a takeover may take: up to 1 s of
-/// kube-lease-manager's random wait after clearing an expired claim, then
-/// the new leader's first list and reconcile, on a busy 2-core machine.
-const TAKEOVER_MARGIN: Duration = Duration::from_secs(5);
+/// Beyond the lease duration, what a takeover after SIGKILL may take: the
+/// claim, then the new leader's first list and reconcile, on a busy
+/// 2-core machine.
+const KILL_MARGIN: Duration = Duration::from_secs(1);
+/// How long the race tests watch the winner keep the Lease alone: two
+/// terms, so a second claimant would have had time to renew (or to clear
+/// the winner's claim) and say it leads.
+const RACE_WATCH: Duration = Duration::from_secs(2 * LEASE_SECONDS);
 
 fn options(identity: &str, lease: &str) -> OperatorOptions {
     OperatorOptions {
@@ -34,20 +40,42 @@ fn options(identity: &str, lease: &str) -> OperatorOptions {
     }
 }
 
-async fn holder(bed: &Bed, lease: &str) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), &bed.ns);
-    leases.get_opt(lease).await.ok()??.spec?.holder_identity
+fn leases(bed: &Bed) -> Api<Lease> {
+    Api::namespaced(bed.client.clone(), &bed.ns)
 }
 
-/// Starts two operators and returns (leader, standby) once one holds it.
-async fn leader_and_standby(bed: &Bed, lease: &str) -> (Operator, Operator) {
-    let a = bed.start_operator(options("operator-a", lease));
-    let b = bed.start_operator(options("operator-b", lease));
+async fn holder(bed: &Bed, lease: &str) -> Option<String> {
+    leases(bed)
+        .get_opt(lease)
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+/// Starts two operators and returns (leader, standby) once one holds the
+/// Lease and the other has joined the election as a standby.
+async fn leader_and_standby(
+    bed: &Bed,
+    a: OperatorOptions,
+    b: OperatorOptions,
+) -> (Operator, Operator) {
+    let lease = a.lease_name.clone();
+    let a = bed.start_operator(a);
+    let b = bed.start_operator(b);
     let leader = sidekey_tests::wait_for("a holder of the Lease", WAIT, || async {
-        holder(bed, lease).await
+        holder(bed, &lease).await
     })
     .await;
-    if leader == a.identity { (a, b) } else { (b, a) }
+    let (leader, standby) = if leader == a.identity { (a, b) } else { (b, a) };
+    sidekey_tests::wait_for("the standby to join the election", WAIT, || async {
+        standby
+            .logs()
+            .contains("waiting to become leader")
+            .then_some(())
+    })
+    .await;
+    (leader, standby)
 }
 
 fn became_leader(op: &Operator) -> bool {
@@ -58,7 +86,12 @@ fn became_leader(op: &Operator) -> bool {
 async fn standby_reconciles_within_the_lease_duration_after_the_leader_is_killed() {
     let bed = Bed::new("op-le-kill").await;
     let lease = "le-kill";
-    let (mut leader, standby) = leader_and_standby(&bed, lease).await;
+    let (mut leader, standby) = leader_and_standby(
+        &bed,
+        options("operator-a", lease),
+        options("operator-b", lease),
+    )
+    .await;
     bed.create_datasource("metadata: { name: before }\nspec: { url: 'https://h' }\n")
         .await;
     bed.wait_ready("before", "True", "Reconciled").await;
@@ -81,7 +114,7 @@ async fn standby_reconciles_within_the_lease_duration_after_the_leader_is_killed
         Some(standby.identity.as_str())
     );
     assert!(became_leader(&standby), "{}", standby.logs());
-    let bound = Duration::from_secs(LEASE_SECONDS) + TAKEOVER_MARGIN;
+    let bound = Duration::from_secs(LEASE_SECONDS) + KILL_MARGIN;
     assert!(
         took <= bound,
         "standby reconciled {took:?} after the kill, more than {bound:?}"
@@ -89,10 +122,21 @@ async fn standby_reconciles_within_the_lease_duration_after_the_leader_is_killed
 }
 
 #[tokio::test]
-async fn leader_stopped_with_sigterm_releases_the_lease_and_the_standby_takes_over() {
+async fn leader_stopped_with_sigterm_releases_the_lease_and_the_standby_reconciles_at_once() {
     let bed = Bed::new("op-le-term").await;
     let lease = "le-term";
-    let (mut leader, standby) = leader_and_standby(&bed, lease).await;
+    // The default timing (15 s, renewed with 5 s left): the claim always
+    // has at least the grace left, so a standby that waited for it to
+    // expire instead of seeing it released would miss the bound below.
+    let timing = |identity: &str| OperatorOptions {
+        lease_duration: 15,
+        lease_grace: 5,
+        ..options(identity, lease)
+    };
+    let (mut leader, standby) =
+        leader_and_standby(&bed, timing("operator-a"), timing("operator-b")).await;
+
+    let stopping = Instant::now();
     let status = leader.terminate().await;
     assert!(status.success(), "graceful stop exits 0, got {status}");
     assert!(
@@ -100,14 +144,97 @@ async fn leader_stopped_with_sigterm_releases_the_lease_and_the_standby_takes_ov
         "{}",
         leader.logs()
     );
-
-    sidekey_tests::wait_for("the standby to hold the Lease", WAIT, || async {
-        (holder(&bed, lease).await.as_deref() == Some(standby.identity.as_str())).then_some(())
-    })
-    .await;
     bed.create_datasource("metadata: { name: after }\nspec: { url: 'https://h' }\n")
         .await;
     bed.wait_ready("after", "True", "Reconciled").await;
+    let took = stopping.elapsed();
+    eprintln!("standby reconciled {took:?} after SIGTERM to the leader");
+    assert_eq!(
+        holder(&bed, lease).await.as_deref(),
+        Some(standby.identity.as_str())
+    );
+    assert!(became_leader(&standby), "{}", standby.logs());
+    let bound = Duration::from_secs(5);
+    assert!(
+        took <= bound,
+        "standby reconciled {took:?} after SIGTERM, more than {bound:?} (lease 15 s)"
+    );
+}
+
+/// Starts three candidates at once on `lease`, waits for one to lead, then
+/// checks for `RACE_WATCH` that it alone holds the Lease and says it leads.
+async fn three_candidates_elect_exactly_one_leader(bed: &Bed, lease: &str) {
+    let candidates: Vec<Operator> = (0..3)
+        .map(|i| bed.start_operator(options(&format!("operator-{i}"), lease)))
+        .collect();
+    let all_logs = || {
+        candidates
+            .iter()
+            .map(|c| format!("---- {} ----\n{}", c.identity, c.logs()))
+            .collect::<String>()
+    };
+    let leaders = || {
+        candidates
+            .iter()
+            .filter(|c| became_leader(c))
+            .map(|c| c.identity.clone())
+            .collect::<Vec<_>>()
+    };
+    let winner = sidekey_tests::wait_for("a candidate to lead", WAIT, || async {
+        leaders().into_iter().next()
+    })
+    .await;
+
+    let until = Instant::now() + RACE_WATCH;
+    while Instant::now() < until {
+        assert_eq!(
+            leaders(),
+            std::slice::from_ref(&winner),
+            "more than one candidate led:\n{}",
+            all_logs()
+        );
+        assert_eq!(
+            holder(bed, lease).await.as_deref(),
+            Some(winner.as_str()),
+            "the Lease changed hands:\n{}",
+            all_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!all_logs().contains("lost leadership"), "{}", all_logs());
+}
+
+#[tokio::test]
+async fn three_candidates_for_a_missing_lease_elect_exactly_one_leader() {
+    let bed = Bed::new("op-le-race-new").await;
+    three_candidates_elect_exactly_one_leader(&bed, "le-race-new").await;
+}
+
+#[tokio::test]
+async fn three_candidates_for_an_expired_lease_elect_exactly_one_leader() {
+    let bed = Bed::new("op-le-race-old").await;
+    let lease = "le-race-old";
+    // A leader that went away an hour ago, as after a whole-cluster stop.
+    let an_hour_ago = Timestamp::now() - SignedDuration::from_hours(1);
+    let expired = Lease {
+        metadata: ObjectMeta {
+            name: Some(lease.into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("departed".into()),
+            lease_duration_seconds: Some(LEASE_SECONDS as i32),
+            acquire_time: Some(MicroTime(an_hour_ago)),
+            renew_time: Some(MicroTime(an_hour_ago)),
+            lease_transitions: Some(0),
+            ..Default::default()
+        }),
+    };
+    leases(&bed)
+        .create(&PostParams::default(), &expired)
+        .await
+        .expect("creating the expired Lease");
+    three_candidates_elect_exactly_one_leader(&bed, lease).await;
 }
 
 #[tokio::test]
@@ -124,13 +251,12 @@ async fn leader_whose_lease_is_taken_stops_reconciling_and_exits() {
     .await;
 
     // Someone else claims the Lease, as a replica would after a partition.
-    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), &bed.ns);
     let steal = serde_json::json!({"spec": {
         "holderIdentity": "intruder",
         "renewTime": MicroTime(Timestamp::now()),
         "leaseDurationSeconds": 3600,
     }});
-    leases
+    leases(&bed)
         .patch(lease, &PatchParams::default(), &Patch::Merge(&steal))
         .await
         .expect("taking the Lease");
