@@ -46,7 +46,8 @@ pub struct Args {
     #[arg(long, env = "SIDEKEY_LEASE_DURATION", default_value_t = 15)]
     pub lease_duration: u64,
 
-    /// Seconds before expiry the leader renews its claim.
+    /// Seconds before expiry the leader renews its claim; a leader that
+    /// has not renewed with half of this left stops leading.
     #[arg(long, env = "SIDEKEY_LEASE_GRACE", default_value_t = 5)]
     pub lease_grace: u64,
 

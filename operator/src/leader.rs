@@ -305,7 +305,7 @@ impl Elector {
         loop {
             if announced.as_deref() != self.seen.holder() {
                 announced = self.seen.holder().map(str::to_owned);
-                if let Some(holder) = &announced {
+                if let Some(holder) = announced.as_ref().filter(|h| **h != self.config.identity) {
                     tracing::info!(%holder, "the leader Lease is held by another replica");
                 }
             }
@@ -314,8 +314,18 @@ impl Elector {
                 match self.try_claim().await {
                     Ok(Some(sent)) => return Some(sent),
                     // Lost a race or read something stale: `seen` is
-                    // fresh now, decide again.
-                    Ok(None) => backoff.reset(),
+                    // fresh now, decide again, pausing if it still looks
+                    // free (the Lease keeps changing under us).
+                    Ok(None) => {
+                        if self.seen.free_at(&self.config) <= Instant::now() {
+                            tokio::select! {
+                                _ = self.stop.cancelled() => return None,
+                                _ = sleep(backoff.next()) => {}
+                            }
+                        } else {
+                            backoff.reset();
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming the leader Lease failed; retrying");
                         tokio::select! {
@@ -543,7 +553,7 @@ async fn watch_lease(api: Api<Lease>, name: String, events: mpsc::Sender<Option<
         match follow_lease(&api, &name, &events, &mut backoff).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
-                tracing::debug!(error = %e, "watching the leader Lease failed; restarting");
+                tracing::warn!(error = %e, "watching the leader Lease failed; restarting");
                 sleep(backoff.next()).await;
             }
         }

@@ -26,8 +26,8 @@ const GRACE_SECONDS: u64 = 2;
 /// 2-core machine.
 const KILL_MARGIN: Duration = Duration::from_secs(1);
 /// How long the race tests watch the winner keep the Lease alone: two
-/// terms, so a second claimant would have had time to renew (or to clear
-/// the winner's claim) and say it leads.
+/// terms, so a second claimant would have had time to say it leads, and a
+/// winner whose claim was overwritten to find out at its renewal.
 const RACE_WATCH: Duration = Duration::from_secs(2 * LEASE_SECONDS);
 
 fn options(identity: &str, lease: &str) -> OperatorOptions {
@@ -135,6 +135,8 @@ async fn leader_stopped_with_sigterm_releases_the_lease_and_the_standby_reconcil
     };
     let (mut leader, standby) =
         leader_and_standby(&bed, timing("operator-a"), timing("operator-b")).await;
+    // Let the standby settle, as it is for most of a leader's term.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let stopping = Instant::now();
     let status = leader.terminate().await;
@@ -161,12 +163,16 @@ async fn leader_stopped_with_sigterm_releases_the_lease_and_the_standby_reconcil
     );
 }
 
-/// Starts three candidates at once on `lease`, waits for one to lead, then
-/// checks for `RACE_WATCH` that it alone holds the Lease and says it leads.
-async fn three_candidates_elect_exactly_one_leader(bed: &Bed, lease: &str) {
-    let candidates: Vec<Operator> = (0..3)
+/// Starts `n` candidates at once on `lease`.
+fn candidates(bed: &Bed, lease: &str, n: usize) -> Vec<Operator> {
+    (0..n)
         .map(|i| bed.start_operator(options(&format!("operator-{i}"), lease)))
-        .collect();
+        .collect()
+}
+
+/// Waits for one of `candidates` to lead, then checks for `RACE_WATCH`
+/// that it alone holds the Lease and says it leads; returns its identity.
+async fn exactly_one_leads(bed: &Bed, lease: &str, candidates: &[Operator]) -> String {
     let all_logs = || {
         candidates
             .iter()
@@ -202,12 +208,14 @@ async fn three_candidates_elect_exactly_one_leader(bed: &Bed, lease: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!all_logs().contains("lost leadership"), "{}", all_logs());
+    winner
 }
 
 #[tokio::test]
 async fn three_candidates_for_a_missing_lease_elect_exactly_one_leader() {
     let bed = Bed::new("op-le-race-new").await;
-    three_candidates_elect_exactly_one_leader(&bed, "le-race-new").await;
+    let lease = "le-race-new";
+    exactly_one_leads(&bed, lease, &candidates(&bed, lease, 3)).await;
 }
 
 #[tokio::test]
@@ -234,7 +242,29 @@ async fn three_candidates_for_an_expired_lease_elect_exactly_one_leader() {
         .create(&PostParams::default(), &expired)
         .await
         .expect("creating the expired Lease");
-    three_candidates_elect_exactly_one_leader(&bed, lease).await;
+    exactly_one_leads(&bed, lease, &candidates(&bed, lease, 3)).await;
+}
+
+#[tokio::test]
+async fn three_standbys_of_a_killed_leader_elect_exactly_one_successor() {
+    let bed = Bed::new("op-le-race-kill").await;
+    let lease = "le-race-kill";
+    let mut standbys = candidates(&bed, lease, 4);
+    let first = sidekey_tests::wait_for("a candidate to lead", WAIT, || async {
+        standbys.iter().position(became_leader)
+    })
+    .await;
+    let mut leader = standbys.remove(first);
+    sidekey_tests::wait_for("the standbys to join the election", WAIT, || async {
+        standbys
+            .iter()
+            .all(|c| c.logs().contains("waiting to become leader"))
+            .then_some(())
+    })
+    .await;
+    // The standbys see the claim expire at the same moment and race for it.
+    leader.kill().await;
+    exactly_one_leads(&bed, lease, &standbys).await;
 }
 
 #[tokio::test]
