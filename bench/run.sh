@@ -13,7 +13,13 @@ DURATION=${BENCH_DURATION:-10}       # seconds per measured run
 WARMUP=${BENCH_WARMUP:-2}            # seconds of warm-up before each run
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 WRK_THREADS=${BENCH_WRK_THREADS:-1}
-RESULTS=${BENCH_RESULTS:-$BENCH_DIR/results.md}
+# A full, unprofiled run replaces bench/results.md; a partial or profiled
+# one only prints, unless BENCH_RESULTS names a file.
+if [ -n "${BENCH_SCENARIOS:-}" ] || [ "${BENCH_PERF:-0}" = 1 ]; then
+    RESULTS=${BENCH_RESULTS:-}
+else
+    RESULTS=${BENCH_RESULTS:-$BENCH_DIR/results.md}
+fi
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
@@ -122,8 +128,9 @@ wait_http() { # url [curl args...]: wait until it answers 2xx
 
 # ---------------------------------------------------------------- CPUs
 NCPU=$(nproc)
-LOAD_CPU=0                  # wrk and the upstream
-PROXY_CPU=$((NCPU - 1))     # the proxy under test, in the 1-worker rows
+LOAD_CPU=${BENCH_LOAD_CPU:-0}                   # wrk
+PROXY_CPU=${BENCH_PROXY_CPU:-$((NCPU - 1))}     # the proxy under test, in the 1-worker rows
+UPSTREAM_CPU=${BENCH_UPSTREAM_CPU:-$LOAD_CPU}   # the upstream nginx
 [ "$NCPU" -ge 2 ] || log "only one CPU: the pinned rows share it with wrk and the upstream"
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -242,8 +249,9 @@ start_nginx() { # name conf cpus: starts nginx pinned to cpus; sets STARTED_PID
     PIDS+=("$STARTED_PID")
 }
 
-log "starting the HTTPS upstream (nginx, 1 worker, CPU $LOAD_CPU) on $UPSTREAM"
-start_nginx upstream "$TMP/upstream.conf" "$LOAD_CPU"
+log "starting the HTTPS upstream (nginx, 1 worker, CPU $UPSTREAM_CPU) on $UPSTREAM"
+start_nginx upstream "$TMP/upstream.conf" "$UPSTREAM_CPU"
+UP_PID=$STARTED_PID
 wait_http "$UPSTREAM/bearer/ping" --cacert "$TMP/pki/ca.crt" -H "Authorization: Bearer $BEARER_TOKEN" ||
     die "the upstream did not come up: $(cat "$TMP/upstream/error.log" 2>/dev/null)"
 
@@ -259,7 +267,21 @@ parse_ms() { # "1.23ms" -> 1.23
 # the highest req/s is reported (other agents' bursts on a shared machine only
 # ever lower a figure), and every round's req/s is listed beside it.
 SCENARIOS=(direct nginx1 bearer1 oauth1 nginxauto bearerauto oauthauto)
-declare -A LABEL RPS P50 P99 ERRORS CPU CPU_US RSS STATUS ROUNDS THREADS
+declare -A LABEL RPS P50 P99 ERRORS CPU UP_CPU CPU_US RSS STATUS ROUNDS THREADS
+
+# run_wrk file [wrk args...]: wrk pinned to the load CPU, output to file. It
+# runs in the background and is waited for, so that INT/TERM stop the bench
+# at once (bash runs traps only between foreground commands).
+run_wrk() {
+    local file=$1; shift
+    taskset -c "$LOAD_CPU" wrk -t "$WRK_THREADS" -c "$CONNECTIONS" "$@" >"$file" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    local rc=0
+    wait "$pid" || rc=$?
+    forget_pid "$pid"
+    return "$rc"
+}
 
 # measure key proxy_pid url [wrk args...]: warm up, run wrk, keep the figures
 # in MEASURED_* (proxy_pid "-": no proxy, the direct row).
@@ -267,27 +289,42 @@ measure() {
     local key=$1 ppid=$2 url=$3; shift 3
     local label=${LABEL[$key]}
     log "$label: warm-up ${WARMUP}s"
-    taskset -c "$LOAD_CPU" wrk -t "$WRK_THREADS" -c "$CONNECTIONS" -d "${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
-    local t0=0 t1=0 out
+    local profiling="" targets="" warm trace_pid=""
+    if [ "${BENCH_PERF:-0}" = 1 ] && [ "$ppid" != - ]; then
+        # Diagnosis only (the figures of such a run are not for publishing):
+        # the proxy's system calls during the warm-up (perf trace is heavy,
+        # so not while measuring), its CPU profile during the measured run.
+        profiling=1
+        targets=$({ echo "$ppid"; pgrep -P "$ppid" || true; } | paste -sd, -)
+        perf trace -s -p "$targets" -o "$TMP/trace-$key.txt" -- sleep "$WARMUP" >/dev/null 2>&1 &
+        trace_pid=$!
+        PIDS+=("$trace_pid")
+    fi
+    run_wrk "$TMP/wrk-warm.txt" -d "${WARMUP}s" "$@" "$url" || true
+    warm=$(cat "$TMP/wrk-warm.txt")
+    if [ -n "$trace_pid" ]; then wait "$trace_pid" 2>/dev/null || true; forget_pid "$trace_pid"; fi
+    local t0=0 t1=0 u0 u1 out
     [ "$ppid" = - ] || t0=$(cpu_ticks "$ppid")
+    u0=$(cpu_ticks "$UP_PID")
     log "$label: measuring ${DURATION}s"
     local perf_pid=""
-    if [ "${BENCH_PERF:-0}" = 1 ] && [ "$ppid" != - ] && command -v perf >/dev/null 2>&1; then
-        perf record -q -F 499 -p "$ppid" -o "$TMP/perf-$key.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    if [ -n "$profiling" ]; then
+        perf record -q -g -F 999 -p "$targets" -o "$TMP/perf-$key.data" -- sleep "$DURATION" >/dev/null 2>&1 &
         perf_pid=$!
+        PIDS+=("$perf_pid")
     fi
-    if ! out=$(taskset -c "$LOAD_CPU" wrk -t "$WRK_THREADS" -c "$CONNECTIONS" -d "${DURATION}s" --latency "$@" "$url" 2>&1); then
+    run_wrk "$TMP/wrk-run.txt" -d "${DURATION}s" --latency "$@" "$url" && out=$(cat "$TMP/wrk-run.txt") || out=""
+    if [ -z "$out" ] || ! grep -q '^Requests/sec:' <<<"$out"; then
         log "wrk failed: $out"
         MEASURED_RPS=""
         return 1
     fi
     [ "$ppid" = - ] || t1=$(cpu_ticks "$ppid")
+    u1=$(cpu_ticks "$UP_PID")
     if [ -n "$perf_pid" ]; then
         wait "$perf_pid" 2>/dev/null || true
-        # Flat profile of where the proxy spends its CPU: BENCH_PERF=1 only.
-        perf report -i "$TMP/perf-$key.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
-            grep -v '^#' | grep -v '^$' | head -n 60 >"$BENCH_DIR/profile-$key.txt" || true
-        log "$label: profile written to bench/profile-$key.txt"
+        forget_pid "$perf_pid"
+        write_profile "$key" "$(awk '/requests in/ {print $1}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$warm")"
     fi
     printf '%s\n' "$out" >>"$TMP/wrk-$key.txt"
     local reqs non2xx sockerr
@@ -299,11 +336,58 @@ measure() {
     sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
     MEASURED_ERRORS=$(( ${non2xx:-0} + ${sockerr:-0} ))
     MEASURED_CPU="n/a" MEASURED_CPU_US="n/a"
+    MEASURED_UP_CPU=$(awk -v d="$((u1 - u0))" -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN {printf "%.0f%%", 100 * d / hz / s}')
     if [ "$ppid" != - ]; then
         MEASURED_CPU=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN {printf "%.0f%%", 100 * d / hz / s}')
         MEASURED_CPU_US=$(awk -v d="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.1f", 1e6 * d / hz / n; else print "n/a" }')
     fi
-    log "$label: $MEASURED_RPS req/s, p50 $MEASURED_P50 ms, p99 $MEASURED_P99 ms, errors $MEASURED_ERRORS, proxy CPU $MEASURED_CPU ($MEASURED_CPU_US µs/req)"
+    log "$label: $MEASURED_RPS req/s, p50 $MEASURED_P50 ms, p99 $MEASURED_P99 ms, errors $MEASURED_ERRORS, proxy CPU $MEASURED_CPU ($MEASURED_CPU_US µs/req), upstream CPU $MEASURED_UP_CPU"
+}
+
+# write_profile key requests warm_requests: bench/profile/<key>.txt from perf's data.
+write_profile() {
+    local key=$1 reqs=$2 warm_reqs=$3 f="$BENCH_DIR/profile/$1.txt"
+    mkdir -p "$BENCH_DIR/profile"
+    {
+        echo "# ${LABEL[$key]}: perf profile over ${DURATION} s, $reqs requests"
+        echo
+        echo "## CPU samples by binary"
+        perf report -i "$TMP/perf-$key.data" --stdio --no-children --sort dso -g none 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | sed 's/ *$//' | head -n 12
+        echo
+        echo "## CPU samples by function (top 60)"
+        perf report -i "$TMP/perf-$key.data" --stdio --no-children --sort dso,symbol -g none 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | grep -v '^ *|' | grep -v '^ *-' | sed 's/ \+- \+- *$//; s/ *$//' | head -n 60
+        echo
+        echo "## User-space CPU samples by library or crate (self time)"
+        perf report -i "$TMP/perf-$key.data" --stdio --no-children --sort dso,symbol -g none 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | awk '
+                $2 !~ /kernel/ {
+                    pct = $1; sub(/%/, "", pct)
+                    sym = ""; for (i = 4; i <= NF; i++) sym = sym " " $i
+                    group = $2
+                    if (match(sym, /[A-Za-z_][A-Za-z0-9_]*::/)) group = substr(sym, RSTART, RLENGTH - 2)
+                    else if (sym ~ /aws_lc|aes_gcm|sha[0-9]|gcm_/) group = "aws_lc (crypto)"
+                    else if (sym ~ /malloc|free|memmove|memcpy|memset|_int_/) group = "libc malloc/memcpy"
+                    sum[group] += pct
+                }
+                END { for (g in sum) if (sum[g] >= 0.2) printf "%7.2f%%  %s\n", sum[g], g }' |
+            sort -rn | head -n 25
+        echo
+        echo "## Inclusive CPU (self plus callees) by function, from frame-pointer call chains (top 80;"
+        echo "## meaningful for a binary built with -C force-frame-pointers=yes)"
+        perf report -i "$TMP/perf-$key.data" --stdio --children --sort symbol -g none --percent-limit 1.5 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | sed 's/ \+- \+- *$//; s/ *$//' | head -n 80
+        echo
+        echo "## System calls during the ${WARMUP} s warm-up ($warm_reqs requests; perf trace -s, summed over threads)"
+        awk -v n="$warm_reqs" '
+            $1 ~ /^[a-z_0-9]+$/ && $2 ~ /^[0-9]+$/ { calls[$1] += $2; total += $2 }
+            END {
+                printf "total %d calls, %.2f per request\n", total, (n > 0 ? total / n : 0)
+                for (c in calls) printf "%-16s %10d  %.3f/req\n", c, calls[c], (n > 0 ? calls[c] / n : 0)
+            }' "$TMP/trace-$key.txt" 2>/dev/null | { read -r head; echo "$head"; sort -k2 -n -r; }
+    } >"$f"
+    log "${LABEL[$key]}: profile written to ${f#"$ROOT"/}"
 }
 
 # keep key rss: record this round's figures, keep the best round's.
@@ -312,7 +396,7 @@ keep() {
     ROUNDS[$key]="${ROUNDS[$key]:+${ROUNDS[$key]} / }$MEASURED_RPS"
     if [ -z "${RPS[$key]:-}" ] || [ "$MEASURED_RPS" -gt "${RPS[$key]}" ]; then
         RPS[$key]=$MEASURED_RPS P50[$key]=$MEASURED_P50 P99[$key]=$MEASURED_P99
-        ERRORS[$key]=$MEASURED_ERRORS CPU[$key]=$MEASURED_CPU CPU_US[$key]=$MEASURED_CPU_US
+        ERRORS[$key]=$MEASURED_ERRORS CPU[$key]=$MEASURED_CPU UP_CPU[$key]=$MEASURED_UP_CPU CPU_US[$key]=$MEASURED_CPU_US
         RSS[$key]=$rss
     fi
 }
@@ -383,30 +467,30 @@ spec:
       tokenSecretRef: { name: bench-token, key: token }
 EOF
 
-# Flags the sidecar may or may not offer; used only when --help lists them.
-sidekey_extra_flags() {
-    local flags=()
-    if grep -q -- '--log-level' <<<"$SIDEKEY_HELP"; then flags+=(--log-level warn); fi
-    echo "${flags[@]}"
-}
-
 # start_sidekey name datasource workers(1|auto): sets STARTED_PID, SK_PORT, SK_ADMIN
 start_sidekey() {
     local name=$1 ds=$2 workers=$3 port admin cpus
     port=$(free_port); admin=$(free_port)
     while [ "$admin" = "$port" ]; do admin=$(free_port); done
     local env=(RUST_LOG=warn)
+    local flags=()
+    if grep -q -- '--log-level' <<<"$SIDEKEY_HELP"; then flags+=(--log-level warn); fi
+    # wrk has closed its connections by the time the sidecar is stopped.
+    if grep -q -- '--shutdown-grace' <<<"$SIDEKEY_HELP"; then flags+=(--shutdown-grace 2); fi
     if [ "$workers" = 1 ]; then
         cpus=$PROXY_CPU
-        # tokio's multi-thread runtime reads TOKIO_WORKER_THREADS when the
-        # program does not set a count itself.
-        env+=(TOKIO_WORKER_THREADS=1)
+        if grep -q -- '--worker-threads' <<<"$SIDEKEY_HELP"; then
+            flags+=(--worker-threads 1)
+        else
+            # tokio's multi-thread runtime reads TOKIO_WORKER_THREADS when the
+            # program does not set a count itself.
+            env+=(TOKIO_WORKER_THREADS=1)
+        fi
     else
         cpus="0-$((NCPU - 1))"
     fi
-    # shellcheck disable=SC2046
     env "${env[@]}" taskset -c "$cpus" "$SIDEKEY_BIN" --datasource "$ds" --secrets-dir "$TMP/secrets" \
-        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" $(sidekey_extra_flags) \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" "${flags[@]}" \
         >"$TMP/sidekey-$name.log" 2>&1 &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
@@ -475,11 +559,67 @@ run_nginx_proxy() {
 }
 
 # ---------------------------------------------------------------- OAuth server
-OAUTH_STATUS="pending (tests/oauth-server is not there yet)"
+# The real authorization server the sidecar's tests use (node-oidc-provider),
+# over HTTPS with the bench CA's certificate, so the sidecar trusts one bundle.
+OAUTH_STATUS=""
 OAUTH_DS=""
+OAUTH_DIR="$ROOT/tests/oauth-server"
 start_oauth_server() {
-    [ -f "$ROOT/tests/oauth-server/server.mjs" ] || return 0
-    OAUTH_STATUS="pending (oauth server harness not wired yet)"
+    if [ ! -f "$OAUTH_DIR/server.mjs" ]; then OAUTH_STATUS="pending (tests/oauth-server is not there)"; return; fi
+    if ! command -v node >/dev/null 2>&1; then OAUTH_STATUS="pending (node is not installed)"; return; fi
+    if [ ! -d "$OAUTH_DIR/node_modules/oidc-provider" ]; then
+        log "installing the OAuth server's packages (npm ci)"
+        npm ci --prefix "$OAUTH_DIR" --no-audit --no-fund >/dev/null 2>&1 ||
+            { OAUTH_STATUS="pending (npm ci --prefix tests/oauth-server failed)"; return; }
+    fi
+    local secret
+    secret=$(openssl rand -hex 24)
+    mkdir -p "$TMP/oauth"
+    printf '[{"client_id": "bench", "client_secret": "%s", "token_endpoint_auth_method": "client_secret_post"}]\n' \
+        "$secret" >"$TMP/oauth/clients.json"
+    write_secret bench-oauth client-secret "$secret"
+    # The sidecar fetches one token at start and holds it for the whole run
+    # (ttl 600 s), so this server is idle while wrk runs.
+    taskset -c "$LOAD_CPU" node "$OAUTH_DIR/server.mjs" --clients "$TMP/oauth/clients.json" --ttl 600 \
+        --tls-cert "$TMP/pki/server.crt" --tls-key "$TMP/pki/server.key" \
+        >"$TMP/oauth/stdout.log" 2>"$TMP/oauth/stderr.log" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    local port=""
+    for _ in $(seq 1 150); do
+        port=$(sed -n 's/^{"port":\([0-9]*\)}$/\1/p' "$TMP/oauth/stdout.log" 2>/dev/null | head -n1)
+        [ -n "$port" ] && break
+        kill -0 "$STARTED_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$port" ]; then
+        OAUTH_STATUS="pending (the OAuth server did not start: $(tail -n 1 "$TMP/oauth/stderr.log" | tr '|' '/' | cut -c1-100))"
+        return
+    fi
+    log "OAuth server (oidc-provider) on https://127.0.0.1:$port/token"
+    OAUTH_DS="$TMP/oauth.yaml"
+    cat >"$OAUTH_DS" <<EOF
+apiVersion: sidekey.dev/v1alpha1
+kind: ApiDatasource
+metadata: { name: bench-oauth }
+spec:
+  url: $UPSTREAM/oauth
+  signature:
+    secretRef: { name: bench-signing, key: key }
+  tls:
+    caCertificateSecretRef: { name: bench-ca, key: ca.crt }
+    trustSystemRoots: false
+  authentication:
+    type: OAuth2
+    oauth2:
+      grantType: ClientCredentials
+      accessTokenUrl: https://127.0.0.1:$port/token
+      clientId: bench
+      clientSecretRef: { name: bench-oauth, key: client-secret }
+      scopes: [ payments.read ]
+      clientAuthentication: Body
+      addTokenTo: Header
+EOF
 }
 
 # ---------------------------------------------------------------- run
@@ -498,15 +638,19 @@ start_oauth_server
 
 # Rounds interleave the scenarios so a burst of outside load hits one round
 # of a scenario, not all of it.
+# BENCH_SCENARIOS="nginx1 bearer1" runs a subset (keys as in SCENARIOS).
+wanted() { [ -z "${BENCH_SCENARIOS:-}" ] || grep -qw -- "$1" <<<"$BENCH_SCENARIOS"; }
 for round in $(seq 1 "$ROUNDS_N"); do
     log "round $round of $ROUNDS_N"
-    if measure direct - "$UPSTREAM/bearer/ping" -H "Authorization: Bearer $BEARER_TOKEN"; then keep direct "n/a"; fi
-    run_nginx_proxy nginx1 1
-    run_sidekey bearer1 "$TMP/bearer.yaml" 1 /ping
-    run_sidekey oauth1 "$OAUTH_DS" 1 /ping
-    run_nginx_proxy nginxauto auto
-    run_sidekey bearerauto "$TMP/bearer.yaml" auto /ping
-    run_sidekey oauthauto "$OAUTH_DS" auto /ping
+    if wanted direct && measure direct - "$UPSTREAM/bearer/ping" -H "Authorization: Bearer $BEARER_TOKEN"; then
+        keep direct "n/a"
+    fi
+    if wanted nginx1; then run_nginx_proxy nginx1 1; fi
+    if wanted bearer1; then run_sidekey bearer1 "$TMP/bearer.yaml" 1 /ping; fi
+    if wanted oauth1; then run_sidekey oauth1 "$OAUTH_DS" 1 /ping; fi
+    if wanted nginxauto; then run_nginx_proxy nginxauto auto; fi
+    if wanted bearerauto; then run_sidekey bearerauto "$TMP/bearer.yaml" auto /ping; fi
+    if wanted oauthauto; then run_sidekey oauthauto "$OAUTH_DS" auto /ping; fi
 done
 
 ELAPSED=$(($(date +%s) - START))
@@ -537,15 +681,19 @@ GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "Run $(date -u +%Y-%m-%dT%H:%MZ) at commit \`$GIT_REV\` by \`bench/run.sh\`: $ROUNDS_N rounds, $ELAPSED s."
     echo "Machine: $NCPU CPUs ($CPU_MODEL), load average $LOADAVG_BEFORE before, $LOADAVG_AFTER after."
-    echo "$NGINX_VERSION; wrk $WRK_VERSION with $WRK_THREADS thread and $CONNECTIONS connections, $WARMUP s warm-up then $DURATION s, on CPU $LOAD_CPU with the upstream (nginx, 1 worker, TLS 1.3, ECDSA P-256, keep-alive)."
+    echo "$NGINX_VERSION; wrk $WRK_VERSION with $WRK_THREADS thread and $CONNECTIONS connections, $WARMUP s warm-up then $DURATION s, on CPU $LOAD_CPU; the upstream (nginx, 1 worker, TLS 1.3, ECDSA P-256, keep-alive) on CPU $UPSTREAM_CPU."
     echo
-    echo "| scenario | req/s | req/s each round | p50 ms | p99 ms | errors | proxy CPU | proxy CPU µs/req | proxy threads / workers | proxy RSS idle → peak |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    echo "| scenario | req/s | req/s each round | p50 ms | p99 ms | errors | proxy CPU | proxy CPU µs/req | upstream CPU | proxy threads / workers | proxy RSS idle → peak |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
     for key in "${SCENARIOS[@]}"; do
         if [ -n "${RPS[$key]:-}" ]; then
-            echo "| ${LABEL[$key]} | ${RPS[$key]} | ${ROUNDS[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRORS[$key]} | ${CPU[$key]} | ${CPU_US[$key]} | ${THREADS[$key]:-n/a} | ${RSS[$key]} |"
+            echo "| ${LABEL[$key]} | ${RPS[$key]} | ${ROUNDS[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRORS[$key]} | ${CPU[$key]} | ${CPU_US[$key]} | ${UP_CPU[$key]} | ${THREADS[$key]:-n/a} | ${RSS[$key]} |"
         else
-            echo "| ${LABEL[$key]} | ${STATUS[$key]:-no figures (wrk failed)} | | | | | | | | |"
+            if wanted "$key"; then
+                echo "| ${LABEL[$key]} | ${STATUS[$key]:-no figures (wrk failed)} | | | | | | | | | |"
+            else
+                echo "| ${LABEL[$key]} | not run (BENCH_SCENARIOS) | | | | | | | | | |"
+            fi
         fi
     done
     echo
@@ -557,5 +705,7 @@ GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 } >"$TMP/results.md"
 
 cat "$TMP/results.md"
-cp "$TMP/results.md" "$RESULTS"
-log "written to $RESULTS"
+if [ -n "$RESULTS" ]; then
+    cp "$TMP/results.md" "$RESULTS"
+    log "written to $RESULTS"
+fi
