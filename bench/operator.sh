@@ -534,9 +534,9 @@ cpu_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 kib_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f", (b - a) / 1024 }'; }
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$ROOT" status --porcelain -- operator/src crds/src 2>/dev/null) ]]; then
-    COMMIT+=" + uncommitted changes"
-fi
+DIRTY=$(git -C "$ROOT" status --porcelain -- operator/src crds/src 2>/dev/null |
+    awk '{ print $2 }' | paste -sd, - | sed 's/,/, /g')
+[[ -z $DIRTY ]] || COMMIT+=" + uncommitted changes to $DIRTY"
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 table=$(
     cat <<EOF
