@@ -42,7 +42,7 @@ GROUPS_N=10         # each kind of referenced Secret exists 10 times, shared
 log() { printf '[opbench] %s\n' "$*" >&2; }
 die() { printf '[opbench] error: %s\n' "$*" >&2; exit 1; }
 
-for tool in kubectl python3 curl openssl; do
+for tool in kubectl python3 curl openssl ss; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done
 
@@ -381,7 +381,7 @@ settle() {
 
 # kubectl create -f for each file, in batches of $PARALLEL processes.
 create_files() {
-    local files=("$@") i p
+    local files=("$@") i p f
     for ((i = 0; i < ${#files[@]}; i += PARALLEL)); do
         CREATE_PIDS=()
         for f in "${files[@]:i:PARALLEL}"; do
