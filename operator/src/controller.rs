@@ -1,7 +1,8 @@
 //! The controller: one `reconcile` per datasource, one `error_policy` that
 //! decides every retry. Triggers are the datasources themselves (spec
-//! changes), their ConfigMaps (drift, deletion) and the Secrets they
-//! reference, found through [`SecretsIndex`].
+//! changes), their ConfigMaps (edited or deleted by someone else, see
+//! [`configmap_drift`]) and the Secrets they reference, found through
+//! [`SecretsIndex`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use sidekey_crds::{ApiDatasource, ApiDatasourceStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::configmap;
+use crate::configmap_drift;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::secrets_index::SecretsIndex;
@@ -37,6 +39,8 @@ pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 /// Events carry at most 1 kB of note.
 const MAX_NOTE_BYTES: usize = 1024;
+/// What `kubectl apply` keeps on an object: a copy of the whole manifest.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -77,6 +81,12 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
     let namespace = ds.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    if ds.metadata.deletion_timestamp.is_some() {
+        // Going away (foreground deletion, finalizers): recreating its
+        // ConfigMap or writing its status would only be undone.
+        ctx.failures().remove(&ObjectRef::from_obj(&*ds));
+        return Ok(Action::await_change());
+    }
     let client = &ctx.client;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -257,13 +267,17 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
 
     // The datasource watch feeds the reflector store and the Secret index;
     // only spec changes (generation) trigger a reconcile, so the operator's
-    // own status writes do not.
+    // own status writes do not. The store keeps no field history: reconcile
+    // reads no managedFields nor kubectl's copy of the manifest, and they
+    // are a large part of each object.
     let (reader, writer) = reflector::store();
     let observer = index.clone();
     let datasources = watcher(
         api::<ApiDatasource>(&client, &scope),
         watcher::Config::default(),
     )
+    .default_backoff()
+    .modify(slim)
     .map_ok(move |event| {
         observer.observe(&event);
         event
@@ -276,15 +290,20 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
     // requests) and no store: memory does not grow with the number of
     // Secrets; values are read by GET when reconciling.
     let secrets = api::<PartialObjectMeta<Secret>>(&client, &scope);
-    let configmaps = api::<ConfigMap>(&client, &scope);
-    let configmaps_config = watcher::Config::default()
-        .labels(&configmap::managed_selector())
-        .any_semantic();
+
+    // The operator's ConfigMaps, as metadata and by label. Only a deletion
+    // or someone else's edit wakes the owner: the ConfigMap a reconcile
+    // has just applied must not cause a second reconcile.
+    let configmaps = configmap_drift::changed_by_others(watcher(
+        api::<PartialObjectMeta<ConfigMap>>(&client, &scope),
+        watcher::Config::default()
+            .labels(&configmap::managed_selector())
+            .any_semantic(),
+    ));
 
     let config = controller::Config::default().concurrency(scope.concurrency);
     Controller::for_stream(datasources, reader)
-        // owns() watches metadata only, and only the operator's ConfigMaps.
-        .owns(configmaps, configmaps_config)
+        .owns_stream(configmaps)
         .watches(
             secrets,
             watcher::Config::default().any_semantic(),
@@ -301,11 +320,24 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
             match result {
                 Ok((obj, _)) => tracing::debug!(datasource = %obj, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                // A ConfigMap deleted with its datasource names an owner
+                // that is gone: expected.
+                Err(e @ controller::Error::ObjectNotFound(_)) => {
+                    tracing::debug!(error = %e, "controller")
+                }
                 Err(e) => tracing::warn!(error = %e, "controller"),
             }
             futures::future::ready(())
         })
         .await;
+}
+
+/// Drops what reconcile never reads from a datasource before it is kept.
+fn slim(ds: &mut ApiDatasource) {
+    ds.metadata.managed_fields = None;
+    if let Some(annotations) = ds.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
 }
 
 #[cfg(test)]
@@ -319,5 +351,30 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(8));
         assert_eq!(backoff(20), MAX_BACKOFF);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn slim_drops_field_history_and_kubectls_manifest_copy_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut ds: ApiDatasource = serde_saphyr::from_str(
+            "apiVersion: sidekey.dev/v1alpha1\nkind: ApiDatasource\n\
+             metadata: {name: payments, namespace: shop}\nspec: {url: 'https://h'}\n",
+        )
+        .expect("manifest");
+        ds.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        ds.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_owned(), "{...}".to_owned()),
+                ("team".to_owned(), "shop".to_owned()),
+            ]
+            .into(),
+        );
+        ds.metadata.generation = Some(4);
+        slim(&mut ds);
+        assert_eq!(ds.metadata.managed_fields, None);
+        let annotations = ds.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(annotations["team"], "shop");
+        assert_eq!(ds.metadata.generation, Some(4));
     }
 }

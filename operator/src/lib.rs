@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cli;
 pub mod configmap;
+pub mod configmap_drift;
 pub mod controller;
 pub mod error;
 pub mod leader;

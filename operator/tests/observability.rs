@@ -7,6 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -14,6 +15,9 @@ use kube::api::ListParams;
 use support::{Bed, OperatorOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// How long a quiet operator is watched for reconciles nothing asked for.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// A plain HTTP/1.0 GET on loopback: (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -66,6 +70,58 @@ async fn admin_port_serves_health_readiness_and_reconcile_metrics() {
     ] {
         assert!(metrics.contains(expected), "no {expected} in\n{metrics}");
     }
+}
+
+/// The sum of every sample of metric `name` (all label sets) in a
+/// Prometheus text exposition.
+fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .map(|line| {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("sample {line:?}: {e}"))
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn new_datasource_is_reconciled_once_not_again_for_its_own_configmap() {
+    let bed = Bed::new("op-once").await;
+    let op = bed.start_operator(OperatorOptions::default());
+    bed.create_datasource("metadata: { name: once }\nspec: { url: 'https://h' }\n")
+        .await;
+    bed.wait_ready("once", "True", "Reconciled").await;
+    bed.wait_configmap("once-sidekey").await;
+    // A reconcile triggered by the operator's own ConfigMap or status write
+    // follows within milliseconds; give one ample time to show up.
+    tokio::time::sleep(SETTLE).await;
+
+    let (code, metrics) = get(op.admin_addr().await, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "sidekey_operator_reconcile_duration_seconds_count"
+        ),
+        1.0,
+        "reconciles started:\n{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "sidekey_operator_reconciles_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "sidekey_operator_reconcile_errors_total"),
+        0.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

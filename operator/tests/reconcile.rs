@@ -425,3 +425,29 @@ async fn deleting_a_referenced_secret_turns_ready_false_and_keeps_the_configmap(
         .expect("ConfigMap kept");
     assert_eq!(during.data, before.data);
 }
+
+#[tokio::test]
+async fn configmap_deleted_by_hand_is_recreated() {
+    let bed = Bed::new("op-cmgone").await;
+    let _op = bed.start_operator(OperatorOptions::default());
+    bed.create_datasource("metadata: { name: regrow }\nspec: { url: 'https://h' }\n")
+        .await;
+    bed.wait_ready("regrow", "True", "Reconciled").await;
+    let good = bed.wait_configmap("regrow-sidekey").await;
+
+    bed.configmaps()
+        .delete("regrow-sidekey", &DeleteParams::default())
+        .await
+        .expect("deleting ConfigMap");
+    let cms = bed.configmaps();
+    let again = sidekey_tests::wait_for("ConfigMap regrow-sidekey to be recreated", WAIT, || {
+        let cms = cms.clone();
+        let old_uid = good.metadata.uid.clone();
+        async move {
+            let cm = cms.get_opt("regrow-sidekey").await.ok()??;
+            (cm.metadata.uid != old_uid).then_some(cm)
+        }
+    })
+    .await;
+    assert_eq!(again.data, good.data);
+}
