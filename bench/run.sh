@@ -220,7 +220,11 @@ EOF
         listen 127.0.0.1:$UP_PORT ssl;
         ssl_certificate $TMP/pki/server.crt;
         ssl_certificate_key $TMP/pki/server.key;
+        # nginx 1.22 leaves TLS 1.3 out of its defaults; both proxies offer it.
+        ssl_protocols TLSv1.2 TLSv1.3;
         default_type application/json;
+        # Tells the bench which TLS version each client negotiated.
+        add_header X-Upstream-TLS \$ssl_protocol always;
         # The upstream refuses requests without the credentials, so a row
         # whose proxy does not add them shows as errors instead of figures.
         location /bearer/ {
@@ -267,7 +271,7 @@ parse_ms() { # "1.23ms" -> 1.23
 # the highest req/s is reported (other agents' bursts on a shared machine only
 # ever lower a figure), and every round's req/s is listed beside it.
 SCENARIOS=(direct nginx1 bearer1 oauth1 nginxauto bearerauto oauthauto)
-declare -A LABEL RPS P50 P99 ERRORS CPU UP_CPU CPU_US RSS STATUS ROUNDS THREADS
+declare -A LABEL RPS P50 P99 ERRORS CPU UP_CPU CPU_US RSS STATUS ROUNDS THREADS TLS
 
 # run_wrk file [wrk args...]: wrk pinned to the load CPU, output to file. It
 # runs in the background and is waited for, so that INT/TERM stop the bench
@@ -289,20 +293,21 @@ measure() {
     local key=$1 ppid=$2 url=$3; shift 3
     local label=${LABEL[$key]}
     log "$label: warm-up ${WARMUP}s"
-    local profiling="" targets="" warm trace_pid=""
+    local profiling="" targets="" stat_pid=""
     if [ "${BENCH_PERF:-0}" = 1 ] && [ "$ppid" != - ]; then
         # Diagnosis only (the figures of such a run are not for publishing):
-        # the proxy's system calls during the warm-up (perf trace is heavy,
-        # so not while measuring), its CPU profile during the measured run.
+        # the proxy's system calls counted over the whole warm-up (exact
+        # in-kernel counters, but they slow every call, so not while
+        # measuring), then its CPU profile during the measured run.
         profiling=1
         targets=$({ echo "$ppid"; pgrep -P "$ppid" || true; } | paste -sd, -)
-        perf trace -s -p "$targets" -o "$TMP/trace-$key.txt" -- sleep "$WARMUP" >/dev/null 2>&1 &
-        trace_pid=$!
-        PIDS+=("$trace_pid")
+        perf stat -x, -p "$targets" -o "$TMP/syscalls-$key.csv" -e "$SYSCALL_EVENTS" -- sleep "$((WARMUP + 1))" >/dev/null 2>&1 &
+        stat_pid=$!
+        PIDS+=("$stat_pid")
+        sleep 0.5
     fi
     run_wrk "$TMP/wrk-warm.txt" -d "${WARMUP}s" "$@" "$url" || true
-    warm=$(cat "$TMP/wrk-warm.txt")
-    if [ -n "$trace_pid" ]; then wait "$trace_pid" 2>/dev/null || true; forget_pid "$trace_pid"; fi
+    if [ -n "$stat_pid" ]; then wait "$stat_pid" 2>/dev/null || true; forget_pid "$stat_pid"; fi
     local t0=0 t1=0 u0 u1 out
     [ "$ppid" = - ] || t0=$(cpu_ticks "$ppid")
     u0=$(cpu_ticks "$UP_PID")
@@ -324,7 +329,7 @@ measure() {
     if [ -n "$perf_pid" ]; then
         wait "$perf_pid" 2>/dev/null || true
         forget_pid "$perf_pid"
-        write_profile "$key" "$(awk '/requests in/ {print $1}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$warm")"
+        write_profile "$key" "$(awk '/requests in/ {print $1}' <<<"$out")" "$(awk '/requests in/ {print $1}' "$TMP/wrk-warm.txt")"
     fi
     printf '%s\n' "$out" >>"$TMP/wrk-$key.txt"
     local reqs non2xx sockerr
@@ -343,6 +348,12 @@ measure() {
     fi
     log "$label: $MEASURED_RPS req/s, p50 $MEASURED_P50 ms, p99 $MEASURED_P99 ms, errors $MEASURED_ERRORS, proxy CPU $MEASURED_CPU ($MEASURED_CPU_US µs/req), upstream CPU $MEASURED_UP_CPU"
 }
+
+SYSCALL_EVENTS=raw_syscalls:sys_enter
+for call in read write readv writev recvfrom sendto recvmsg sendmsg getsockopt setsockopt \
+    epoll_wait epoll_ctl futex close accept4 sched_yield; do
+    SYSCALL_EVENTS+=",syscalls:sys_enter_$call"
+done
 
 # write_profile key requests warm_requests: bench/profile/<key>.txt from perf's data.
 write_profile() {
@@ -374,18 +385,17 @@ write_profile() {
                 END { for (g in sum) if (sum[g] >= 0.2) printf "%7.2f%%  %s\n", sum[g], g }' |
             sort -rn | head -n 25
         echo
-        echo "## Inclusive CPU (self plus callees) by function, from frame-pointer call chains (top 80;"
-        echo "## meaningful for a binary built with -C force-frame-pointers=yes)"
-        perf report -i "$TMP/perf-$key.data" --stdio --children --sort symbol -g none --percent-limit 1.5 2>/dev/null |
-            grep -v '^#' | grep -v '^$' | sed 's/ \+- \+- *$//; s/ *$//' | head -n 80
+        echo "## Inclusive CPU (self plus callees) of user-space functions, from frame-pointer call"
+        echo "## chains (top 100; meaningful for a binary built with -C force-frame-pointers=yes)"
+        perf report -i "$TMP/perf-$key.data" --stdio --children --sort symbol -g none --percent-limit 0.25 2>/dev/null |
+            grep -F '[.]' | sed 's/ \+- \+- *$//; s/ *$//' | head -n 100
         echo
-        echo "## System calls during the ${WARMUP} s warm-up ($warm_reqs requests; perf trace -s, summed over threads)"
-        awk -v n="$warm_reqs" '
-            $1 ~ /^[a-z_0-9]+$/ && $2 ~ /^[0-9]+$/ { calls[$1] += $2; total += $2 }
-            END {
-                printf "total %d calls, %.2f per request\n", total, (n > 0 ? total / n : 0)
-                for (c in calls) printf "%-16s %10d  %.3f/req\n", c, calls[c], (n > 0 ? calls[c] / n : 0)
-            }' "$TMP/trace-$key.txt" 2>/dev/null | { read -r head; echo "$head"; sort -k2 -n -r; }
+        echo "## System calls during the warm-up ($warm_reqs requests; perf stat, exact counts)"
+        awk -F, -v n="$warm_reqs" '
+            $1 ~ /^[0-9]+$/ && $1 > 0 {
+                name = $3; sub(/^raw_syscalls:sys_enter$/, "all system calls", name); sub(/^syscalls:sys_enter_/, "", name)
+                printf "%-18s %10d  %6.2f/req\n", name, $1, (n > 0 ? $1 / n : 0)
+            }' "$TMP/syscalls-$key.csv" 2>/dev/null | sort -k2 -n -r
     } >"$f"
     log "${LABEL[$key]}: profile written to ${f#"$ROOT"/}"
 }
@@ -401,14 +411,15 @@ keep() {
     fi
 }
 
-check_through() { # url label [curl args...]: one request must come back 200 with the body
-    local url=$1 label=$2; shift 2
+check_through() { # key url [curl args...]: one request must come back 200 with the body
+    local key=$1 url=$2; shift 2
     local got
-    got=$(curl -sS --max-time 5 "$@" -w ' %{http_code}' "$url" 2>&1 || true)
+    got=$(curl -sS --max-time 5 -D "$TMP/check-headers.txt" "$@" -w ' %{http_code}' "$url" 2>&1 || true)
     if [ "$got" != "$BODY 200" ]; then
-        log "$label: a request through it answered: $got"
+        log "${LABEL[$key]}: a request through it answered: $got"
         return 1
     fi
+    TLS[$key]=$(tr -d '\r' <"$TMP/check-headers.txt" | awk -F': ' 'tolower($1) == "x-upstream-tls" {print $2}')
 }
 
 # ---------------------------------------------------------------- nginx proxy
@@ -433,6 +444,7 @@ nginx_proxy_conf() { # workers port
             proxy_set_header Connection "";
             proxy_set_header Host 127.0.0.1:$UP_PORT;
             proxy_set_header Authorization "Bearer $BEARER_TOKEN";
+            proxy_ssl_protocols TLSv1.2 TLSv1.3;
             proxy_ssl_verify on;
             proxy_ssl_trusted_certificate $TMP/pki/ca.crt;
             proxy_ssl_name localhost;
@@ -523,8 +535,8 @@ run_sidekey() {
     sleep 0.5
     local idle
     idle=$(mem_kb VmRSS "$pid")
-    THREADS[$key]=$(awk '$1 == "Threads:" {print $2}' "/proc/$pid/status")
-    if ! check_through "http://127.0.0.1:$port$path" "$label"; then
+    THREADS[$key]="$(awk '$1 == "Threads:" {print $2}' "/proc/$pid/status") threads"
+    if ! check_through "$key" "http://127.0.0.1:$port$path"; then
         STATUS[$key]="failed (a request through sidekey did not get 200)"
         tail -n 20 "$TMP/sidekey-$key.log" >&2 || true
         stop_pid "$pid"; forget_pid "$pid"; return
@@ -550,8 +562,10 @@ run_nginx_proxy() {
     sleep 0.3
     local idle
     idle=$(mem_kb VmRSS "$pid")
-    THREADS[$key]="$(($(pgrep -c -P "$pid") )) workers"
-    check_through "http://127.0.0.1:$port/ping" "$label" || die "nginx proxy does not pass requests"
+    local n
+    n=$(pgrep -c -P "$pid" || true)
+    if [ "$n" = 1 ]; then THREADS[$key]="1 worker process"; else THREADS[$key]="$n worker processes"; fi
+    check_through "$key" "http://127.0.0.1:$port/ping" || die "nginx proxy does not pass requests"
     if measure "$key" "$pid" "http://127.0.0.1:$port/ping"; then
         keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
     fi
@@ -642,7 +656,9 @@ start_oauth_server
 wanted() { [ -z "${BENCH_SCENARIOS:-}" ] || grep -qw -- "$1" <<<"$BENCH_SCENARIOS"; }
 for round in $(seq 1 "$ROUNDS_N"); do
     log "round $round of $ROUNDS_N"
-    if wanted direct && measure direct - "$UPSTREAM/bearer/ping" -H "Authorization: Bearer $BEARER_TOKEN"; then
+    if wanted direct && check_through direct "$UPSTREAM/bearer/ping" --cacert "$TMP/pki/ca.crt" \
+        -H "Authorization: Bearer $BEARER_TOKEN" &&
+        measure direct - "$UPSTREAM/bearer/ping" -H "Authorization: Bearer $BEARER_TOKEN"; then
         keep direct "n/a"
     fi
     if wanted nginx1; then run_nginx_proxy nginx1 1; fi
@@ -681,18 +697,18 @@ GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "Run $(date -u +%Y-%m-%dT%H:%MZ) at commit \`$GIT_REV\` by \`bench/run.sh\`: $ROUNDS_N rounds, $ELAPSED s."
     echo "Machine: $NCPU CPUs ($CPU_MODEL), load average $LOADAVG_BEFORE before, $LOADAVG_AFTER after."
-    echo "$NGINX_VERSION; wrk $WRK_VERSION with $WRK_THREADS thread and $CONNECTIONS connections, $WARMUP s warm-up then $DURATION s, on CPU $LOAD_CPU; the upstream (nginx, 1 worker, TLS 1.3, ECDSA P-256, keep-alive) on CPU $UPSTREAM_CPU."
+    echo "$NGINX_VERSION; wrk $WRK_VERSION with $WRK_THREADS thread and $CONNECTIONS connections, $WARMUP s warm-up then $DURATION s, on CPU $LOAD_CPU; the upstream (nginx, 1 worker, TLS 1.2 or 1.3 as negotiated, ECDSA P-256, keep-alive) on CPU $UPSTREAM_CPU."
     echo
-    echo "| scenario | req/s | req/s each round | p50 ms | p99 ms | errors | proxy CPU | proxy CPU µs/req | upstream CPU | proxy threads / workers | proxy RSS idle → peak |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    echo "| scenario | req/s | req/s each round | p50 ms | p99 ms | errors | proxy CPU | proxy CPU µs/req | upstream CPU | upstream TLS | proxy threads / workers | proxy RSS idle → peak |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
     for key in "${SCENARIOS[@]}"; do
         if [ -n "${RPS[$key]:-}" ]; then
-            echo "| ${LABEL[$key]} | ${RPS[$key]} | ${ROUNDS[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRORS[$key]} | ${CPU[$key]} | ${CPU_US[$key]} | ${UP_CPU[$key]} | ${THREADS[$key]:-n/a} | ${RSS[$key]} |"
+            echo "| ${LABEL[$key]} | ${RPS[$key]} | ${ROUNDS[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRORS[$key]} | ${CPU[$key]} | ${CPU_US[$key]} | ${UP_CPU[$key]} | ${TLS[$key]:-?} | ${THREADS[$key]:-n/a} | ${RSS[$key]} |"
         else
             if wanted "$key"; then
-                echo "| ${LABEL[$key]} | ${STATUS[$key]:-no figures (wrk failed)} | | | | | | | | | |"
+                echo "| ${LABEL[$key]} | ${STATUS[$key]:-no figures (wrk failed)} | | | | | | | | | | |"
             else
-                echo "| ${LABEL[$key]} | not run (BENCH_SCENARIOS) | | | | | | | | | |"
+                echo "| ${LABEL[$key]} | not run (BENCH_SCENARIOS) | | | | | | | | | | |"
             fi
         fi
     done
@@ -701,7 +717,7 @@ GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "Throughput ratio sidekey OAuth2 + signature / nginx: **$(ratio oauth1 nginx1)** with 1 worker on 1 CPU, **$(ratio oauthauto nginxauto)** with default/auto workers."
     echo "CPU per request sidekey bearer / nginx: $(ratio_of CPU_US bearer1 nginx1) with 1 worker, $(ratio_of CPU_US bearerauto nginxauto) with default/auto workers; sidekey OAuth2 + signature / nginx: $(ratio_of CPU_US oauth1 nginx1), $(ratio_of CPU_US oauthauto nginxauto)."
     echo
-    echo "req/s, p50, p99, errors, CPU and RSS are from the round with the highest req/s. Errors: non-2xx answers plus socket errors (the upstream answers 401 when the credentials are missing). Proxy CPU: CPU time the proxy's processes used during the measured run, in % of one CPU, and per request. RSS: VmRSS after start (idle) and VmHWM after the run (peak); for nginx the sum over master and workers. Threads: the sidecar's OS threads at idle, from /proc."
+    echo "req/s, p50, p99, errors, CPU and RSS are from the round with the highest req/s. Errors: non-2xx answers plus socket errors (the upstream answers 401 when the credentials are missing). Proxy CPU: CPU time the proxy's processes used during the measured run, in % of one CPU, and per request. RSS: VmRSS after start (idle) and VmHWM after the run (peak); for nginx the sum over master and workers. Threads: the sidecar's OS threads at idle, from /proc. Upstream TLS: the version the upstream saw negotiated by the row's client (curl for the direct row; wrk uses the same OpenSSL)."
 } >"$TMP/results.md"
 
 cat "$TMP/results.md"
