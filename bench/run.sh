@@ -34,11 +34,17 @@ command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing ${need_apt[*]} with apt-get"
-    # policy-rc.d (present in containers) keeps the packaged nginx service
-    # from starting; if it does start, that one is not ours to stop.
+    nginx_before=$(pgrep -x nginx | sort || true)
     apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 ||
         { apt-get update -q >/dev/null && apt-get install -y -q "${need_apt[@]}" >/dev/null; } ||
         die "apt-get install ${need_apt[*]} failed"
+    # Where no policy-rc.d holds it back (containers have one), installing
+    # the package starts nginx's service on port 80: this run started it, so
+    # this run stops it.
+    for pid in $(comm -13 <(echo "$nginx_before") <(pgrep -x nginx | sort || true)); do
+        log "stopping the nginx service the package install started (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+    done
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
