@@ -1,5 +1,6 @@
-//! The signature header, verified by hand with HMAC (hmac + sha2), not with
-//! the JWT library the sidecar signs with.
+//! The signature header, verified twice, never with the JWT library the
+//! sidecar signs with: by hand with HMAC (hmac + sha2), and with `jose`, an
+//! independent JWT library (tests/oauth-server/verify-jwt.mjs).
 
 mod common;
 
@@ -28,10 +29,60 @@ fn verify(jwt: &str, key: &[u8]) -> (String, serde_json::Value) {
         other => panic!("unexpected alg {other}"),
     };
     assert_eq!(decode(signature), expected, "HMAC does not verify");
-    (
-        alg,
-        serde_json::from_slice(&decode(payload)).expect("claims"),
-    )
+    let claims: serde_json::Value = serde_json::from_slice(&decode(payload)).expect("claims");
+    let verified = verify_with_jose(jwt, key, &alg).unwrap_or_else(|e| panic!("jose: {e}"));
+    assert_eq!(verified["payload"], claims, "jose reads other claims");
+    (alg, claims)
+}
+
+/// Verifies `jwt` with the `jose` library, accepting only `alg`; returns
+/// `{header, payload}` or jose's reason for refusing it.
+fn verify_with_jose(jwt: &str, key: &[u8], alg: &str) -> Result<serde_json::Value, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/oauth-server");
+    assert!(
+        dir.join("node_modules/jose").is_dir(),
+        "jose is not installed: run `npm ci --prefix tests/oauth-server` from the repository root"
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join("verify-jwt.mjs"))
+        .arg(alg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let input = serde_json::json!({ "jwt": jwt, "key": String::from_utf8_lossy(key) });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("node finishes");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("json"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn jose_refuses_a_token_signed_with_another_key_or_algorithm() {
+    // The independent check can fail: a token of another key or algorithm.
+    let token = |alg: jsonwebtoken::Algorithm, key: &[u8]| {
+        let claims = serde_json::json!({ "iss": "Appsmith", "iat": now(), "exp": now() + 60 });
+        let key = jsonwebtoken::EncodingKey::from_secret(key).expect("key");
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).expect("encode")
+    };
+    let key = "k".repeat(32);
+    let good = token(jsonwebtoken::Algorithm::HS256, key.as_bytes());
+    assert!(verify_with_jose(&good, key.as_bytes(), "HS256").is_ok());
+    let other_key = token(jsonwebtoken::Algorithm::HS256, "x".repeat(32).as_bytes());
+    assert!(verify_with_jose(&other_key, key.as_bytes(), "HS256").is_err());
+    let other_alg = token(jsonwebtoken::Algorithm::HS384, key.as_bytes());
+    assert!(verify_with_jose(&other_alg, key.as_bytes(), "HS256").is_err());
 }
 
 fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &str) -> Vec<u8> {
