@@ -4,7 +4,10 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-const ALWAYS: [HeaderName; 8] = [
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+const ALWAYS: [HeaderName; 10] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -14,11 +17,19 @@ const ALWAYS: [HeaderName; 8] = [
     header::UPGRADE,
     // hyper already answered the app's `Expect: 100-continue`.
     header::EXPECT,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
 ];
 
 /// Removes the standard hop-by-hop headers and those the `Connection`
 /// header names.
 pub fn strip(headers: &mut HeaderMap) {
+    // One pass over the few headers present instead of a lookup per
+    // hop-by-hop name: most requests carry none of them. A header named by
+    // `Connection` implies `Connection` itself, which is in `ALWAYS`.
+    if !headers.keys().any(|name| ALWAYS.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -30,9 +41,6 @@ pub fn strip(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     for name in ALWAYS {
-        headers.remove(name);
-    }
-    for name in ["keep-alive", "proxy-connection"] {
         headers.remove(name);
     }
 }
@@ -48,6 +56,17 @@ mod tests {
         h.insert("x-secret-hop", "1".parse().expect("v"));
         h.insert("keep-alive", "timeout=5".parse().expect("v"));
         h.insert("transfer-encoding", "chunked".parse().expect("v"));
+        h.insert("x-kept", "yes".parse().expect("v"));
+        strip(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn lone_keep_alive_and_proxy_connection_go() {
+        let mut h = HeaderMap::new();
+        h.insert("keep-alive", "timeout=5".parse().expect("v"));
+        h.insert("proxy-connection", "close".parse().expect("v"));
         h.insert("x-kept", "yes".parse().expect("v"));
         strip(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");

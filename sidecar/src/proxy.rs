@@ -32,10 +32,15 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let snapshot = state.snapshot.load_full();
-    let started = Instant::now();
-    // Only the path: the query may carry the app's own secrets.
-    let logged = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| (request.method().clone(), request.uri().path().to_owned()));
+    // Only the path: the query may carry the app's own secrets. The clock
+    // is read only when the request is logged.
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            request.method().clone(),
+            request.uri().path().to_owned(),
+            Instant::now(),
+        )
+    });
     let version = request.version();
     let mut response = match forward(&state, &snapshot, request).await {
         Ok(response) => response,
@@ -46,7 +51,7 @@ pub async fn handle(
     };
     *response.version_mut() = version;
     state.metrics.request_answered(response.status());
-    if let Some((method, path)) = logged {
+    if let Some((method, path, started)) = logged {
         tracing::debug!(
             %method,
             path,
