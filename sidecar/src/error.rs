@@ -23,6 +23,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         reason: String,
     },
+    #[error("cannot start worker thread {index}: {reason}")]
+    Worker { index: usize, reason: String },
     #[error("cannot read datasource file {path}: {reason}")]
     ReadDatasource { path: PathBuf, reason: String },
     #[error("datasource file {path}: {source}")]
@@ -106,6 +108,7 @@ impl Error {
         match self {
             Self::NonLoopbackListen { .. } => "non_loopback_listen",
             Self::Bind { .. } => "bind_failed",
+            Self::Worker { .. } => "worker_failed",
             Self::ReadDatasource { .. } => "datasource_unreadable",
             Self::Spec { .. } => "invalid_datasource",
             Self::ReadSecret { .. } | Self::SecretPathEscapes { .. } => "secret_unreadable",

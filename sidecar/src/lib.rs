@@ -6,6 +6,15 @@
 //!
 //! [`start`] loads the configuration, binds the listeners and starts every
 //! task; [`run`] does the same and waits for a shutdown signal.
+//!
+//! Proxied requests are served thread-per-core, like nginx's workers: each
+//! worker thread runs its own single-threaded runtime with its own listener
+//! (SO_REUSEPORT on one address, the kernel spreads connections over them)
+//! and its own upstream connections, so a request never changes threads.
+//! The threads share the configuration snapshot and the metrics (atomics).
+//! Background work (reloads, the admin server, a token renewal after a
+//! refusal spawned by a request stays on that request's worker) runs on the
+//! runtime that calls [`start`].
 
 pub mod admin;
 pub mod auth;
@@ -31,7 +40,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use error::Error;
@@ -48,6 +57,8 @@ pub struct Running {
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// One per worker thread, completed when it has stopped serving.
+    workers: Vec<oneshot::Receiver<()>>,
 }
 
 impl Running {
@@ -66,6 +77,9 @@ impl Running {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        for worker in self.workers {
+            let _ = worker.await;
         }
     }
 }
@@ -104,8 +118,8 @@ pub async fn start(options: &Options) -> Result<Running, Error> {
         timeouts,
     });
 
-    let proxy_listener = bind(options.listen).await?;
-    let proxy_addr = local_addr(&proxy_listener, options.listen)?;
+    let workers = options.workers();
+    let (proxy_addr, proxy_listeners) = bind_shared(options.listen, workers)?;
     let admin_listener = match options.admin_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -118,15 +132,17 @@ pub async fn start(options: &Options) -> Result<Running, Error> {
     let (stop, stopped) = watch::channel(false);
     let grace = options.shutdown_grace();
     let mut tasks = Vec::new();
-    let proxy_state = state.clone();
-    tasks.push(tokio::spawn(server::serve(
-        "proxy",
-        proxy_listener,
-        move |request| proxy::handle(proxy_state.clone(), request),
-        stopped.clone(),
-        grace,
-    )));
-    tracing::info!(address = %proxy_addr, "proxy listening");
+    let mut worker_stops = Vec::with_capacity(workers);
+    for (index, listener) in proxy_listeners.into_iter().enumerate() {
+        worker_stops.push(spawn_worker(
+            index,
+            listener,
+            state.clone(),
+            stopped.clone(),
+            grace,
+        )?);
+    }
+    tracing::info!(address = %proxy_addr, workers, "proxy listening");
     if let (Some(listener), Some(addr)) = (admin_listener, admin_addr) {
         let admin_state = state.clone();
         tasks.push(tokio::spawn(server::serve(
@@ -150,7 +166,82 @@ pub async fn start(options: &Options) -> Result<Running, Error> {
         admin_addr,
         stop,
         tasks,
+        workers: worker_stops,
     })
+}
+
+/// Starts worker thread `index`: a single-threaded runtime serving the
+/// proxy on `listener` until `stopped`. The receiver completes when the
+/// thread has finished serving.
+fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    stopped: watch::Receiver<bool>,
+    grace: std::time::Duration,
+) -> Result<oneshot::Receiver<()>, Error> {
+    let failed = |e: std::io::Error| Error::Worker {
+        index,
+        reason: e.to_string(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)?;
+    let listener = {
+        // Registers the socket with this worker's event loop.
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener).map_err(failed)?
+    };
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("sidekey-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(server::serve(
+                "proxy",
+                listener,
+                move |request| proxy::handle(state.clone(), request),
+                stopped,
+                grace,
+            ));
+            drop(runtime);
+            let _ = done.send(());
+        })
+        .map_err(failed)?;
+    Ok(finished)
+}
+
+/// `count` listening sockets on one address, each with SO_REUSEPORT, so
+/// that each worker accepts on its own. The first one fixes the port when
+/// `addr` asks for port 0. Linux only lets sockets of the same user join.
+fn bind_shared(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), Error> {
+    let failed = |e: std::io::Error| Error::Bind {
+        addr,
+        reason: e.to_string(),
+    };
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let listener = reuse_port_listener(bound).map_err(failed)?;
+        bound = listener.local_addr().map_err(failed)?;
+        listeners.push(listener);
+    }
+    Ok((bound, listeners))
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's own `bind`: a restart need not wait out TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Starts the sidecar and serves until `shutdown` completes.

@@ -55,14 +55,21 @@ pub struct Options {
     #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
     pub reload_interval: f64,
 
-    /// Worker threads of the runtime. A sidecar is small: 1 or 2 suffice.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub worker_threads: u16,
+    /// Threads serving proxied requests, each with its own listener on the
+    /// `--listen` address (SO_REUSEPORT), event loop and upstream
+    /// connections, like nginx's worker processes. Default: the CPUs this
+    /// process may use, at most 4. Token fetches, reloads and the admin
+    /// server run on the main thread.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: Option<u16>,
 
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 20.0, value_parser = positive_seconds)]
     pub shutdown_grace: f64,
 }
+
+/// The default worker count stops here: a sidecar serves one app.
+const DEFAULT_WORKERS_MAX: usize = 4;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -77,6 +84,16 @@ impl Options {
             return Err(Error::NonLoopbackListen { addr: self.listen });
         }
         Ok(())
+    }
+
+    /// How many proxy worker threads to run.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            Some(n) => usize::from(n),
+            None => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(DEFAULT_WORKERS_MAX))
+            }
+        }
     }
 
     pub fn upstream_timeout(&self) -> Duration {

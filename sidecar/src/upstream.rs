@@ -1,9 +1,15 @@
 //! The pooled HTTP client to the upstream: hyper with rustls, HTTP/1.1 and
 //! HTTP/2 by ALPN, keep-alive connections reused across requests, and the
 //! translation of its failures into the errors an app sees.
+//!
+//! Each worker thread has its own client and pool, so a request, its
+//! connection's task and the pool never leave the thread that accepted it:
+//! no cross-thread wake-ups, no contended pool lock.
 
+use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +17,8 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::{Error, chain};
@@ -24,11 +30,34 @@ pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Cheap to clone: clones share one connection pool.
+type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Tells the settings of one `Upstream::new` (and its clones) apart from
+/// every other, process-wide, so a thread's cached client is never used
+/// for settings it was not built from.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's client, for the settings of that generation. A reload
+    /// that changes the TLS setup makes a new generation; the next request
+    /// on each thread then builds a fresh client (requests in flight keep
+    /// the connections they hold).
+    static CLIENT: RefCell<Option<(u64, PooledClient)>> = const { RefCell::new(None) };
+}
+
+/// The upstream's connection settings. Cheap to clone: clones are the same
+/// generation, so on each thread they share that thread's pool (a reload
+/// that keeps the TLS setup keeps the pools).
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    settings: Arc<Settings>,
     timeout: Duration,
+}
+
+struct Settings {
+    generation: u64,
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
 }
 
 impl Upstream {
@@ -37,35 +66,63 @@ impl Upstream {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Self { client, timeout }
+        let settings = Settings {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            tls,
+            connect_timeout,
+        };
+        Self {
+            settings: Arc::new(settings),
+            timeout,
+        }
     }
 
     /// Sends `request` and waits for the response head, at most the
     /// configured timeout. The response body streams afterwards.
     pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, Error> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.timeout, self.start(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e, self.timeout)),
             Err(_) => Err(Error::UpstreamTimeout {
                 after: self.timeout,
             }),
         }
+    }
+
+    /// Starts `request` on this thread's client, building the client first
+    /// if the thread has none for these settings.
+    fn start(&self, request: Request<UpstreamBody>) -> ResponseFuture {
+        let generation = self.settings.generation;
+        CLIENT.with_borrow_mut(|slot| match slot {
+            Some((built_for, client)) if *built_for == generation => client.request(request),
+            _ => {
+                let client = self.settings.client();
+                let started = client.request(request);
+                *slot = Some((generation, client));
+                started
+            }
+        })
+    }
+}
+
+impl Settings {
+    fn client(&self) -> PooledClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector)
     }
 }
 
