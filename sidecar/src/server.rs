@@ -30,7 +30,10 @@ pub async fn serve<F, Fut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        // One buffer per response: a small head and body cost one copy,
+        // cheaper than the kernel walking two iovecs (measured).
+        .writev(false);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
