@@ -5,11 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use sidekey_sidecar::{Options, logging};
 
-// Faster than glibc's malloc for the many small, short-lived allocations of
-// each request (header maps, URIs, boxed futures), per-thread free lists.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let options = Options::parse();
     logging::init(options.log_format, &options.log_level);
