@@ -12,9 +12,9 @@
 //! (SO_REUSEPORT on one address, the kernel spreads connections over them)
 //! and its own upstream connections, so a request never changes threads.
 //! The threads share the configuration snapshot and the metrics (atomics).
-//! Background work (reloads, the admin server, a token renewal after a
-//! refusal spawned by a request stays on that request's worker) runs on the
-//! runtime that calls [`start`].
+//! Background work (reloads, OAuth token renewal, the admin server) runs on
+//! the runtime that calls [`start`]; what a request itself spawns (telling
+//! the authentication that a credential was refused) stays on its worker.
 
 pub mod admin;
 pub mod auth;

@@ -60,8 +60,8 @@ pub struct Options {
     /// connections, like nginx's worker processes. One thread saturates
     /// one CPU at about 55,000 requests per second on a 2-CPU test machine;
     /// a second one helps only with a CPU of its own to run on (sharing
-    /// CPUs with the app, it measured slower than one). Reloads and the
-    /// admin server run on the main thread.
+    /// CPUs with the app, it measured slower than one). Reloads, token
+    /// renewal and the admin server run on the main thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
 
