@@ -21,24 +21,24 @@ pub fn managed_selector() -> String {
 
 /// The ConfigMap for a valid datasource. It holds no secret value: the
 /// resolved spec names only Secrets, keys and file paths.
-pub fn desired(ds: &ApiDatasource, resolved: &ResolvedDatasource) -> Result<ConfigMap> {
-    let name = ds
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingMetadata("name"))?;
-    let namespace = ds.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+/// `name` and `namespace` are the datasource's, read once by the caller.
+pub fn desired(
+    ds: &ApiDatasource,
+    name: &str,
+    namespace: &str,
+    resolved: &ResolvedDatasource,
+) -> Result<ConfigMap> {
     let owner = ds
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
     let labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
-        (DATASOURCE_LABEL.to_owned(), name.clone()),
+        (DATASOURCE_LABEL.to_owned(), name.to_owned()),
     ]);
     Ok(ConfigMap {
         metadata: ObjectMeta {
-            name: Some(configmap_name(&name)),
-            namespace: Some(namespace),
+            name: Some(configmap_name(name)),
+            namespace: Some(namespace.to_owned()),
             labels: Some(labels),
             owner_references: Some(vec![owner]),
             ..Default::default()
@@ -87,7 +87,7 @@ mod tests {
         .expect("manifest");
         ds.metadata.uid = Some("u-1".into());
         let resolved = ds.resolve().expect("valid");
-        let cm = desired(&ds, &resolved).expect("configmap");
+        let cm = desired(&ds, "payments", "shop", &resolved).expect("configmap");
         assert_eq!(cm.metadata.name.as_deref(), Some("payments-sidekey"));
         let owner = &cm.metadata.owner_references.as_ref().expect("owner")[0];
         assert_eq!(

@@ -92,7 +92,7 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let outcome = match validate::validate(&ds, &secrets).await {
         Ok(valid) => {
-            let cm = configmap::desired(&ds, &valid.resolved)?;
+            let cm = configmap::desired(&ds, &name, &namespace, &valid.resolved)?;
             configmap::apply(&Api::namespaced(client.clone(), &namespace), &cm).await?;
             Outcome::Valid {
                 config_map: configmap_name(&name),
