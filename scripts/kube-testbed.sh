@@ -48,7 +48,7 @@ die() { log "error: $*"; exit 1; }
 usage() {
   cat >&2 <<'EOF'
 usage: kube-testbed.sh build
-       kube-testbed.sh start DIR
+       kube-testbed.sh start DIR    (SIDEKEY_TESTBED_CRDS="a.yaml b.yaml" installs CRDs first)
        kube-testbed.sh stop DIR
 EOF
   exit 2
@@ -492,6 +492,20 @@ start_once() {
   local auth=(--cacert "$pki/ca.crt" -H "Authorization: Bearer $token")
   local api=https://127.0.0.1:$api_port
   wait_ok "kube-apiserver /readyz" "$api/readyz" "$deadline" "${auth[@]}"
+
+  # CRDs named in SIDEKEY_TESTBED_CRDS are installed before the controller
+  # manager starts: its garbage collector learns new resource kinds only
+  # at start and then every 30 s, so ownerReferences to a CRD created later
+  # would not cascade for up to half a minute.
+  local crd
+  for crd in ${SIDEKEY_TESTBED_CRDS:-}; do
+    log "installing $crd"
+    kubectl --kubeconfig "$DIR/kubeconfig" apply -f "$crd" >&2
+  done
+  if [[ -n ${SIDEKEY_TESTBED_CRDS:-} ]]; then
+    kubectl --kubeconfig "$DIR/kubeconfig" wait --for condition=established \
+      --timeout=30s crd --all >&2
+  fi
 
   log "starting kube-controller-manager (secure port $kcm_port)"
   # --port=0: 1.20 would otherwise serve plaintext on all addresses.
