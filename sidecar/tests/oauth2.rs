@@ -45,14 +45,12 @@ async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom
         "      scopes: [ payments.read, payments.write ]\n      audience: https://payments.internal\n      resource: https://payments.test\n      customParameters: [ { name: tenant, value: acme } ]\n",
     );
     let sidecar = sidecar::start(&ws);
-    let response = client()
-        .get(sidecar.url("/charges"))
-        .header("authorization", "Bearer app-made-this-up")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200, "{}", sidecar.logs());
-    let echo: serde_json::Value = response.json().await.expect("echo");
+    let echo = get_echo_with(
+        &sidecar,
+        "/charges",
+        &[("authorization", "Bearer app-made-this-up")],
+    )
+    .await;
     let authorization = header(&echo, "authorization").expect("authorization");
     assert!(authorization.starts_with("Bearer ey"), "{authorization}");
     let claims = oauth::claims(authorization);

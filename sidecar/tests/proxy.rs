@@ -16,14 +16,12 @@ async fn basic_sends_username_and_password_and_replaces_the_apps_authorization()
         "  authentication:\n    type: Basic\n    basic:\n      username: shop\n      passwordSecretRef: { name: payments-basic, key: password }\n",
     ));
     let sidecar = sidecar::start(&ws);
-    let response = client()
-        .get(sidecar.url("/charges"))
-        .header("authorization", "Basic YXBwOmFwcA==")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    let echo: serde_json::Value = response.json().await.expect("echo");
+    let echo = get_echo_with(
+        &sidecar,
+        "/charges",
+        &[("authorization", "Basic YXBwOmFwcA==")],
+    )
+    .await;
     let expected = base64::engine::general_purpose::STANDARD.encode("shop:p4ss:w0rd é");
     assert_eq!(
         header(&echo, "authorization"),
@@ -46,13 +44,7 @@ async fn api_key_header_carries_prefix_and_value() {
     let ws = workspace(&pki);
     api_key(&ws, &upstream.url(), "      prefix: Token\n");
     let sidecar = sidecar::start(&ws);
-    let response = client()
-        .get(sidecar.url("/a"))
-        .header("x-api-key", "app-sent-this")
-        .send()
-        .await
-        .expect("request");
-    let echo: serde_json::Value = response.json().await.expect("echo");
+    let echo = get_echo_with(&sidecar, "/a", &[("x-api-key", "app-sent-this")]).await;
     assert_eq!(header(&echo, "x-api-key"), Some("Token k3y-value/+="));
 }
 
@@ -96,13 +88,7 @@ async fn bearer_token_replaces_the_apps_authorization() {
         "  authentication:\n    type: BearerToken\n    bearerToken:\n      tokenSecretRef: { name: payments-token, key: token }\n",
     ));
     let sidecar = sidecar::start(&ws);
-    let response = client()
-        .get(sidecar.url("/a"))
-        .header("Authorization", "Bearer app-identity")
-        .send()
-        .await
-        .expect("request");
-    let echo: serde_json::Value = response.json().await.expect("echo");
+    let echo = get_echo_with(&sidecar, "/a", &[("Authorization", "Bearer app-identity")]).await;
     assert_eq!(
         header(&echo, "authorization"),
         Some("Bearer static-bearer-123")

@@ -103,13 +103,7 @@ async fn signed_request(key: &str, settings: &str, header_name: &str) -> String 
         &format!("  signature:\n    secretRef: {{ name: signing, key: key }}\n{settings}"),
     ));
     let sidecar = sidecar::start(&ws);
-    let response = client()
-        .get(sidecar.url("/signed"))
-        .header(header_name, "forged-by-the-app")
-        .send()
-        .await
-        .expect("request");
-    let echo: serde_json::Value = response.json().await.expect("echo");
+    let echo = get_echo_with(&sidecar, "/signed", &[(header_name, "forged-by-the-app")]).await;
     header(&echo, &header_name.to_ascii_lowercase())
         .expect("signature header")
         .to_owned()

@@ -9,7 +9,7 @@ pub mod upstream;
 
 pub use pki::Pki;
 #[allow(unused_imports)]
-pub use sidecar::{Workspace, client, get_echo, header};
+pub use sidecar::{Workspace, client, get_echo, get_echo_with, header};
 pub use upstream::Upstream;
 
 /// An `ApiDatasource` manifest for `url` with the given `spec` lines

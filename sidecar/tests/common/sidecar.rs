@@ -267,11 +267,21 @@ pub fn client() -> reqwest::Client {
 
 /// Sends GET and parses the upstream's echo.
 pub async fn get_echo(sidecar: &Sidecar, path: &str) -> serde_json::Value {
-    let response = client()
-        .get(sidecar.url(path))
-        .send()
-        .await
-        .expect("request");
+    get_echo_with(sidecar, path, &[]).await
+}
+
+/// Sends GET with the app's own `headers` and parses the upstream's echo;
+/// anything but 200 fails the test with the body and the sidecar's logs.
+pub async fn get_echo_with(
+    sidecar: &Sidecar,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut request = client().get(sidecar.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request");
     let status = response.status();
     let body = response.text().await.expect("body");
     assert_eq!(status, 200, "GET {path}: {body}\nlogs:\n{}", sidecar.logs());
