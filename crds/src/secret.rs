@@ -22,6 +22,13 @@ impl SecretValue {
         std::str::from_utf8(&self.0).ok()
     }
 
+    /// The length the signature-key rule counts, the same in operator and
+    /// sidecar: characters when the value is UTF-8, else bytes.
+    pub fn char_len(&self) -> usize {
+        self.expose_str()
+            .map_or(self.0.len(), |text| text.chars().count())
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -70,6 +77,12 @@ mod tests {
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(format!("{:?}", Some(&s)), "Some([redacted])");
         assert_eq!(s.expose(), b"hunter2-very-secret");
+    }
+
+    #[test]
+    fn char_len_counts_characters_of_utf8_and_bytes_otherwise() {
+        assert_eq!(SecretValue::new("é".repeat(16)).char_len(), 16);
+        assert_eq!(SecretValue::new(vec![0xff; 5]).char_len(), 5);
     }
 
     #[test]

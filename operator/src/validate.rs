@@ -175,10 +175,7 @@ pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<V
             Purpose::Credential => {}
             Purpose::SignatureKey => {
                 // Counted as the sidecar uses it: without a trailing newline.
-                let trimmed = value.clone().trim_trailing_newline();
-                let len = trimmed
-                    .expose_str()
-                    .map_or(trimmed.len(), |s| s.chars().count());
+                let len = value.clone().trim_trailing_newline().char_len();
                 if len < MIN_SIGNATURE_KEY_LEN {
                     return Err(Error::SignatureKeyTooShort {
                         secret: secret.clone(),

@@ -52,9 +52,7 @@ pub fn algorithm_for(configured: SignatureAlgorithm, key_len: usize) -> Algorith
 
 impl Signer {
     pub fn new(spec: &ResolvedSignature, key: &SecretValue) -> Result<Self, Error> {
-        let length = key
-            .expose_str()
-            .map_or(key.len(), |text| text.chars().count());
+        let length = key.char_len();
         if length < names::MIN_SIGNATURE_KEY_LEN {
             return Err(Error::SignatureKeyTooShort {
                 secret: spec.secret.secret.clone(),
