@@ -15,6 +15,19 @@ pub const RESOLVED_KIND: &str = "ResolvedApiDatasource";
 pub const INJECT_LABEL: &str = "sidekey.dev/inject";
 /// Annotation listing the datasources a pod uses: `payments,crm:15001`.
 pub const DATASOURCES_ANNOTATION: &str = "sidekey.dev/datasources";
+/// Annotation in which the webhook records what it injected (JSON), so
+/// that a pod admitted again (its stored spec re-created) changes nothing.
+pub const STATUS_ANNOTATION: &str = "sidekey.dev/status";
+/// Namespace label: `sidekey.dev/webhook: disabled` keeps the webhook away.
+pub const WEBHOOK_NAMESPACE_LABEL: &str = "sidekey.dev/webhook";
+/// Value of [`WEBHOOK_NAMESPACE_LABEL`] that turns the webhook off.
+pub const WEBHOOK_DISABLED: &str = "disabled";
+/// Name of the container the webhook injects.
+pub const SIDECAR_CONTAINER: &str = "sidekey";
+/// The fixed non-root user (and group) the sidecar runs as.
+pub const SIDECAR_UID: i64 = 65532;
+/// Where the sidecar binary lives in its image.
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/sidekey-sidecar";
 
 /// Field manager for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "sidekey-operator";
@@ -54,6 +67,22 @@ pub const MIN_SIGNATURE_KEY_LEN: usize = 32;
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: u32 = 3600;
 /// Query parameter carrying the OAuth token when `addTokenTo: QueryParameter`.
 pub const ACCESS_TOKEN_QUERY_PARAMETER: &str = "access_token";
+
+/// Directory in the sidecar where datasource `name`'s ConfigMap is mounted.
+pub fn config_mount_dir(datasource: &str) -> String {
+    format!("{CONFIG_MOUNT_DIR}/{datasource}")
+}
+
+/// The resolved spec of datasource `name` inside the sidecar.
+pub fn config_file_path(datasource: &str) -> String {
+    format!("{CONFIG_MOUNT_DIR}/{datasource}/{CONFIGMAP_KEY}")
+}
+
+/// Name of the Secret holding the tokens the operator obtained for
+/// datasource `name` with the authorization-code grant.
+pub fn oauth_token_secret_name(datasource: &str) -> String {
+    format!("{datasource}{OAUTH_TOKEN_SECRET_SUFFIX}")
+}
 
 /// Name of the ConfigMap the operator writes for datasource `name`.
 pub fn configmap_name(datasource: &str) -> String {
