@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod secrets_index;
 pub mod status;
 pub mod validate;
+pub mod webhook;
 
 use std::sync::Arc;
 
