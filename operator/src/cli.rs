@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use clap::{Parser, ValueEnum};
-use sidekey_crds::names::OPERATOR_ADMIN_PORT;
+use sidekey_crds::names::{OPERATOR_ADMIN_PORT, SIDECAR_ADMIN_PORT};
 
 use crate::leader::LeaseConfig;
 
@@ -62,7 +62,121 @@ pub struct Args {
     /// Log line format.
     #[arg(long, env = "SIDEKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 }
+
+/// Where the operator's certificates for the webhook come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CertificateMode {
+    /// The operator makes a CA and a serving certificate, keeps them in
+    /// the Secret --webhook-tls-secret, rotates them and writes the CA into
+    /// the webhook configuration's caBundle.
+    #[default]
+    Managed,
+    /// An installer (cert-manager) writes the Secret and the caBundle; the
+    /// operator only reads the Secret.
+    Provided,
+}
+
+/// When to inject the sidecar as a native sidecar (an init container with
+/// `restartPolicy: Always`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum NativeSidecars {
+    /// When the API server is Kubernetes 1.29 or later.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// The admission webhook that injects the sidecar.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WebhookArgs {
+    /// Serve the admission webhook (HTTPS) on this address; without it, no
+    /// webhook runs.
+    #[arg(long, env = "SIDEKEY_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+
+    /// Base URL the API server reaches the webhook at, outside a cluster
+    /// (https://127.0.0.1:9443).
+    #[arg(long, env = "SIDEKEY_WEBHOOK_URL", conflicts_with = "webhook_service")]
+    pub webhook_url: Option<String>,
+
+    /// The Service in front of the webhook, in a cluster:
+    /// NAMESPACE/NAME[:PORT] (port 443 by default).
+    #[arg(long, env = "SIDEKEY_WEBHOOK_SERVICE")]
+    pub webhook_service: Option<String>,
+
+    /// Name of the MutatingWebhookConfiguration the operator keeps.
+    #[arg(long, env = "SIDEKEY_WEBHOOK_CONFIGURATION", default_value = "sidekey")]
+    pub webhook_configuration: String,
+
+    /// Seconds the API server waits for the webhook (1 to 30).
+    #[arg(long, env = "SIDEKEY_WEBHOOK_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(1..=30))]
+    pub webhook_timeout: i32,
+
+    /// Where the webhook's certificate comes from.
+    #[arg(long, env = "SIDEKEY_WEBHOOK_CERTIFICATES", value_enum,
+          default_value_t = CertificateMode::Managed)]
+    pub webhook_certificates: CertificateMode,
+
+    /// The Secret (in the operator's namespace, --lease-namespace) holding
+    /// the webhook's certificate: tls.crt, tls.key, ca.crt.
+    #[arg(
+        long,
+        env = "SIDEKEY_WEBHOOK_TLS_SECRET",
+        default_value = "sidekey-webhook-tls"
+    )]
+    pub webhook_tls_secret: String,
+
+    /// Image of the injected sidecar.
+    #[arg(long, env = "SIDEKEY_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
+    pub sidecar_image: String,
+
+    /// imagePullPolicy of the injected sidecar (Always, IfNotPresent, Never).
+    #[arg(long, env = "SIDEKEY_SIDECAR_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub sidecar_image_pull_policy: String,
+
+    /// CPU the sidecar requests.
+    #[arg(long, env = "SIDEKEY_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    pub sidecar_cpu_request: String,
+
+    /// Memory the sidecar requests.
+    #[arg(long, env = "SIDEKEY_SIDECAR_MEMORY_REQUEST", default_value = "16Mi")]
+    pub sidecar_memory_request: String,
+
+    /// CPU limit of the sidecar.
+    #[arg(long, env = "SIDEKEY_SIDECAR_CPU_LIMIT", default_value = "1")]
+    pub sidecar_cpu_limit: String,
+
+    /// Memory limit of the sidecar.
+    #[arg(long, env = "SIDEKEY_SIDECAR_MEMORY_LIMIT", default_value = "64Mi")]
+    pub sidecar_memory_limit: String,
+
+    /// Log level of the sidecar (its --log-level).
+    #[arg(long, env = "SIDEKEY_SIDECAR_LOG_LEVEL", default_value = "info")]
+    pub sidecar_log_level: String,
+
+    /// The sidecar's admin port (/healthz, /readyz, /metrics) on the pod's
+    /// address, where the kubelet probes.
+    #[arg(long, env = "SIDEKEY_SIDECAR_ADMIN_PORT", default_value_t = SIDECAR_ADMIN_PORT,
+          value_parser = clap::value_parser!(u16).range(1024..))]
+    pub sidecar_admin_port: u16,
+
+    /// Inject a native sidecar (Kubernetes 1.29+).
+    #[arg(long, env = "SIDEKEY_NATIVE_SIDECARS", value_enum, default_value_t = NativeSidecars::Auto)]
+    pub native_sidecars: NativeSidecars,
+}
+
+/// The sidecar image of this release.
+pub const DEFAULT_SIDECAR_IMAGE: &str = concat!(
+    "ghcr.io/sidekey/sidekey-sidecar:",
+    env!("CARGO_PKG_VERSION")
+);
 
 impl Args {
     /// This replica's identity in the election and in Events.
@@ -105,5 +219,19 @@ mod tests {
             .expect("parse");
         assert_eq!(json.log_format, LogFormat::Json);
         assert_eq!(json.namespace.as_deref(), Some("shop"));
+        assert!(json.webhook.webhook_listen.is_none());
+        assert_eq!(json.webhook.webhook_configuration, "sidekey");
+    }
+
+    #[test]
+    fn webhook_url_and_service_exclude_each_other() {
+        let both = Args::try_parse_from([
+            "x",
+            "--webhook-url",
+            "https://127.0.0.1:9443",
+            "--webhook-service",
+            "ns/svc",
+        ]);
+        assert!(both.is_err());
     }
 }

@@ -80,6 +80,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("webhook cannot listen on {addr}: {source}")]
+    WebhookListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("webhook certificate: {0}")]
+    Certificate(#[source] crate::webhook::certs::CertError),
+
     #[error("leader election on Lease {namespace}/{name}: {source}")]
     LeaderElection {
         namespace: String,
@@ -128,6 +138,8 @@ impl Error {
             Self::InvalidFlags(_) => "InvalidFlags",
             Self::ClientConfig(_) => "ClientConfig",
             Self::AdminListen { .. } => "AdminListen",
+            Self::WebhookListen { .. } => "WebhookListen",
+            Self::Certificate(_) => "WebhookCertificate",
             Self::LeaderElection { .. } => "LeaderElection",
             Self::LostLeadership { .. } => "LostLeadership",
         }

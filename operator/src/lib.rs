@@ -1,10 +1,8 @@
 //! sidekey's operator: reconciles each `ApiDatasource` into the ConfigMap
 //! `<name>-sidekey` its sidecars read, with status, Events, Secret
-//! watching, leader election and an admin port.
-//!
-//! The admission webhook will join as its own module (`webhook.rs`) served
-//! next to the admin server; it needs no leadership, so it will run on
-//! every replica, before [`run`] waits for the Lease.
+//! watching, leader election and an admin port; and serves the admission
+//! webhook that injects the sidecar into pods ([`webhook`]), on every
+//! replica, leader or not.
 
 pub mod admin;
 pub mod cli;
@@ -42,8 +40,44 @@ pub async fn run(args: Args) -> Result<()> {
     let admin_addr = admin::serve(args.admin_listen, state.clone(), shutdown.clone()).await?;
     tracing::info!(%admin_addr, "admin server listening");
 
+    let webhook = match args.webhook.webhook_listen {
+        Some(_) => {
+            let native = webhook::native_sidecars(&client, args.webhook.native_sidecars).await?;
+            let settings = webhook::Settings::from_args(
+                &args.webhook,
+                &lease.namespace,
+                args.namespace.as_deref(),
+                native,
+            )?
+            .ok_or_else(|| Error::InvalidFlags("--webhook-listen is missing".into()))?;
+            let webhook = webhook::Webhook::start(
+                client.clone(),
+                settings,
+                args.namespace.as_deref(),
+                state.metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            tracing::info!(addr = %webhook.addr, native_sidecars = native, "webhook listening");
+            Some(Arc::new(webhook))
+        }
+        None => None,
+    };
+
     let mut leadership = leader::Leadership::join(client.clone(), lease.clone()).await?;
-    state.set_ready(true);
+    // A standby is ready once it can answer admissions; the certificate of
+    // a first install comes from the leader.
+    match webhook.clone() {
+        Some(webhook) => {
+            let state = state.clone();
+            tokio::spawn(async move {
+                webhook.ready().await;
+                tracing::info!("webhook ready");
+                state.set_ready(true);
+            });
+        }
+        None => state.set_ready(true),
+    }
     tracing::info!(
         lease = %format!("{}/{}", lease.namespace, lease.name),
         identity = %lease.identity,
@@ -68,6 +102,11 @@ pub async fn run(args: Args) -> Result<()> {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
     };
+    if let Some(webhook) = webhook {
+        let client = ctx.client.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { webhook.lead(client, stop).await });
+    }
     let controller = controller::run(ctx, scope, shutdown.clone());
     tokio::select! {
         _ = controller => {

@@ -1,7 +1,7 @@
 //! Prometheus metrics served on the admin port's `/metrics`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +22,14 @@ pub struct ErrorLabel {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabel {
+    /// `injected`, `unchanged` or `refused`.
+    pub result: &'static str,
+    /// Why: `Injected`, `AlreadyInjected`, `DatasourceNotFound`, ...
+    pub reason: &'static str,
+}
+
 /// The operator's metrics; clones share the same series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -33,6 +41,10 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge,
+    /// Pod admissions answered by the webhook, by result and reason.
+    pub admissions: Family<AdmissionLabel, Counter>,
+    /// Time the webhook took to answer each admission.
+    pub admission_duration: Histogram,
     registry: Arc<Registry>,
 }
 
@@ -65,11 +77,27 @@ impl Default for Metrics {
             "1 while this process holds the leader Lease",
             leader.clone(),
         );
+        let admissions = Family::<AdmissionLabel, Counter>::default();
+        registry.register(
+            "admissions",
+            "Pod admissions answered by the webhook, by result and reason",
+            admissions.clone(),
+        );
+        let admission_duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+        ]);
+        registry.register(
+            "admission_duration_seconds",
+            "Time the webhook took to answer each admission",
+            admission_duration.clone(),
+        );
         Self {
             reconciles,
             errors,
             duration,
             leader,
+            admissions,
+            admission_duration,
             registry: Arc::new(registry),
         }
     }
@@ -98,6 +126,14 @@ impl Metrics {
                 error: error.reason().to_owned(),
             })
             .inc();
+    }
+
+    /// Counts one admission and its duration.
+    pub fn admitted(&self, result: &'static str, reason: &'static str, took: Duration) {
+        self.admissions
+            .get_or_create(&AdmissionLabel { result, reason })
+            .inc();
+        self.admission_duration.observe(took.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.
@@ -130,7 +166,18 @@ mod tests {
         m.reconciled("Reconciled");
         m.failed(&Error::MissingMetadata("uid"));
         drop(m.time_reconcile());
+        m.admitted("refused", "DatasourceNotFound", Duration::from_millis(2));
         let text = m.encode();
+        assert!(
+            text.contains(
+                "sidekey_operator_admissions_total{result=\"refused\",reason=\"DatasourceNotFound\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sidekey_operator_admission_duration_seconds_count 1"),
+            "{text}"
+        );
         assert!(
             text.contains("sidekey_operator_reconciles_total{reason=\"Reconciled\"} 1"),
             "{text}"

@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
@@ -180,27 +180,31 @@ pub fn ready(ds: &ApiDatasource) -> Option<Condition> {
         .cloned()
 }
 
-fn rbac_documents() -> (ClusterRole, Role) {
+/// The ClusterRole for namespaced objects, the one for cluster-scoped
+/// objects (the webhook configuration), and the operator namespace's Role.
+fn rbac_documents() -> (ClusterRole, ClusterRole, Role) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rbac.yaml");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let docs: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let find = |kind: &str| {
+    let find = |kind: &str, name: Option<&str>| {
         docs.iter()
-            .find(|d| d["kind"] == kind)
+            .find(|d| d["kind"] == kind && name.is_none_or(|n| d["metadata"]["name"] == n))
             .cloned()
-            .unwrap_or_else(|| panic!("{path} has no {kind}"))
+            .unwrap_or_else(|| panic!("{path} has no {kind} {name:?}"))
     };
     (
-        serde_json::from_value(find("ClusterRole")).expect("ClusterRole"),
-        serde_json::from_value(find("Role")).expect("Role"),
+        serde_json::from_value(find("ClusterRole", Some("sidekey-operator"))).expect("ClusterRole"),
+        serde_json::from_value(find("ClusterRole", Some("sidekey-operator-webhook")))
+            .expect("ClusterRole"),
+        serde_json::from_value(find("Role", None)).expect("Role"),
     )
 }
 
 /// Applies the roles of `operator/rbac.yaml`, binds them in `ns` to a new
 /// ServiceAccount, and returns that ServiceAccount's token.
 async fn bind_operator_roles(client: &Client, ns: &str) -> String {
-    let (cluster_role, role) = rbac_documents();
+    let (cluster_role, webhook_role, role) = rbac_documents();
     let apply = PatchParams::apply(TEST_MANAGER).force();
     let cr_name = cluster_role
         .metadata
@@ -213,6 +217,19 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
             &cr_name,
             &apply,
             &Patch::Apply(typed(&cluster_role, "ClusterRole")),
+        )
+        .await
+        .expect("applying ClusterRole");
+    let webhook_role_name = webhook_role
+        .metadata
+        .name
+        .clone()
+        .expect("ClusterRole name");
+    Api::<ClusterRole>::all(client.clone())
+        .patch(
+            &webhook_role_name,
+            &apply,
+            &Patch::Apply(typed(&webhook_role, "ClusterRole")),
         )
         .await
         .expect("applying ClusterRole");
@@ -235,11 +252,7 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
     for (binding, kind, role) in [
         ("sidekey-operator", "ClusterRole", cr_name.as_str()),
-        (
-            "sidekey-operator-leader-election",
-            "Role",
-            role_name.as_str(),
-        ),
+        ("sidekey-operator-own-namespace", "Role", role_name.as_str()),
     ] {
         let rb: RoleBinding = serde_json::from_value(serde_json::json!({
             "metadata": {"name": binding},
@@ -252,6 +265,19 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
             .await
             .unwrap_or_else(|e| panic!("creating RoleBinding {binding}: {e}"));
     }
+
+    // The webhook configuration is cluster-scoped: a ClusterRoleBinding,
+    // one per test namespace.
+    let crb: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("sidekey-operator-webhook-{ns}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": webhook_role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": ns}],
+    }))
+    .expect("ClusterRoleBinding");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &crb)
+        .await
+        .expect("creating ClusterRoleBinding");
 
     // kube-controller-manager's token controller writes the token Secret.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
