@@ -455,3 +455,24 @@ fn volume_names_are_dns_labels_and_distinct() {
         "sidekey-secret-payments"
     );
 }
+
+#[test]
+fn the_deployment_example_asks_for_two_datasources() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/inject/deployment.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("example");
+    let deployment: k8s_openapi::api::apps::v1::Deployment = yaml(&text);
+    let template = deployment.spec.expect("spec").template;
+    let pod = Pod {
+        metadata: template.metadata.unwrap_or_default(),
+        spec: template.spec,
+        status: None,
+    };
+    let Ok(Decision::Lookup(assigned)) = decide(&pod, names::SIDECAR_ADMIN_PORT) else {
+        panic!("{path}: the template is not sent for injection");
+    };
+    let pairs: Vec<(&str, u16)> = assigned.iter().map(|a| (a.name.as_str(), a.port)).collect();
+    assert_eq!(pairs, [("payments", 15000), ("crm", 15001)]);
+}
