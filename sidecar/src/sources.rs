@@ -165,7 +165,7 @@ impl Locations {
 pub fn refresh_token_file(datasource: &ResolvedDatasource) -> Option<SecretFile> {
     match &datasource.authentication {
         ResolvedAuthentication::OAuth2(o) if o.grant_type == GrantType::AuthorizationCode => {
-            let secret = format!("{}{}", datasource.name, names::OAUTH_TOKEN_SECRET_SUFFIX);
+            let secret = names::oauth_token_secret_name(&datasource.name);
             Some(SecretFile {
                 path: names::secret_file_path(&secret, names::REFRESH_TOKEN_KEY),
                 secret,
