@@ -18,6 +18,32 @@ pub enum Error {
         "--listen {addr} is not a loopback address: the proxy carries credentials and must listen on 127.0.0.1 or [::1] only"
     )]
     NonLoopbackListen { addr: std::net::SocketAddr },
+    #[error("no --datasource given: name at least one datasource file")]
+    NoDatasource,
+    #[error(
+        "{datasources} --datasource but {listens} --listen given: each datasource needs its own --listen, the i-th --listen serving the i-th --datasource"
+    )]
+    ListenCountMismatch { datasources: usize, listens: usize },
+    #[error(
+        "--listen {addr} is given to two datasources: each datasource needs an address of its own"
+    )]
+    DuplicateListen { addr: std::net::SocketAddr },
+    #[error(
+        "datasource files {first} and {second} are both named {name:?}: the datasources one sidecar serves need distinct names"
+    )]
+    DuplicateDatasourceName {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error(
+        "datasource file {path} now names {to:?} instead of {from:?}: a datasource cannot be renamed while it is served; restart the sidecar"
+    )]
+    DatasourceRenamed {
+        path: PathBuf,
+        from: String,
+        to: String,
+    },
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -107,6 +133,11 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NonLoopbackListen { .. } => "non_loopback_listen",
+            Self::NoDatasource
+            | Self::ListenCountMismatch { .. }
+            | Self::DuplicateListen { .. } => "invalid_options",
+            Self::DuplicateDatasourceName { .. } => "duplicate_datasource_name",
+            Self::DatasourceRenamed { .. } => "datasource_renamed",
             Self::Bind { .. } => "bind_failed",
             Self::Worker { .. } => "worker_failed",
             Self::ReadDatasource { .. } => "datasource_unreadable",

@@ -2,19 +2,22 @@
 //! HTTP requests to a datasource's upstream API, adding its credentials,
 //! default headers and query parameters and a signature header, over
 //! verified TLS, while renewing OAuth tokens and reloading its files in the
-//! background.
+//! background. One process serves several datasources, each on its own
+//! loopback address and with its own state: configuration snapshot, reload
+//! task, OAuth token renewal and metric series.
 //!
 //! [`start`] loads the configuration, binds the listeners and starts every
 //! task; [`run`] does the same and waits for a shutdown signal.
 //!
 //! Proxied requests are served thread-per-core, like nginx's workers: each
 //! worker thread runs its own single-threaded runtime with its own listener
-//! (SO_REUSEPORT on one address, the kernel spreads connections over them)
-//! and its own upstream connections, so a request never changes threads.
-//! The threads share the configuration snapshot and the metrics (atomics).
-//! Background work (reloads, OAuth token renewal, the admin server) runs on
-//! the runtime that calls [`start`]; what a request itself spawns (telling
-//! the authentication that a credential was refused) stays on its worker.
+//! per datasource (SO_REUSEPORT on the datasource's address, the kernel
+//! spreads connections over them) and its own upstream connections, so a
+//! request never changes threads. The threads share the configuration
+//! snapshots and the metrics (atomics). Background work (reloads, OAuth
+//! token renewal, the admin server) runs on the runtime that calls
+//! [`start`]; what a request itself spawns (telling the authentication that
+//! a credential was refused) stays on its worker.
 
 pub mod admin;
 pub mod auth;
@@ -34,8 +37,10 @@ pub mod state;
 pub mod tls;
 pub mod upstream;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -46,14 +51,15 @@ use tokio::task::JoinHandle;
 pub use error::Error;
 pub use options::{LogFormat, Options};
 
-use metrics::Metrics;
+use admin::Admin;
 use snapshot::{Snapshot, Timeouts};
-use sources::Locations;
+use sources::{Locations, Sources};
 use state::State;
 
 /// A started sidecar.
 pub struct Running {
-    proxy_addr: SocketAddr,
+    /// Where each datasource is served, in `--datasource` order.
+    proxy_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -62,9 +68,17 @@ pub struct Running {
 }
 
 impl Running {
-    /// Where the proxy listens (the real port when `--listen` asked for 0).
+    /// Where the first datasource is served (the real port when its
+    /// `--listen` asked for 0).
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_addr
+        // `start` binds at least one: `Options::validate` refuses none.
+        self.proxy_addrs[0]
+    }
+
+    /// Where each datasource is served, in `--datasource` order, with the
+    /// real port where `--listen` asked for 0.
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy_addrs.clone()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -84,42 +98,61 @@ impl Running {
     }
 }
 
-/// Loads the configuration (a broken one is an error here: nothing to fall
+/// One datasource as loaded at startup: its state, where its files are,
+/// and the fingerprint of what was read, for its reload task.
+struct Loaded {
+    state: Arc<State>,
+    locations: Locations,
+    fingerprint: u64,
+}
+
+/// Loads every datasource (a broken one is an error here: nothing to fall
 /// back on yet), binds the listeners and starts serving.
 pub async fn start(options: &Options) -> Result<Running, Error> {
     options.validate()?;
-    let locations = Locations::new(options.datasource.clone(), options.secrets_dir.clone());
-    let reading = locations.clone();
-    let (fingerprint, sources) = tokio::task::spawn_blocking(move || reading.read())
-        .await
-        .map_err(|e| Error::ReadDatasource {
-            path: options.datasource.clone(),
-            reason: e.to_string(),
-        })?;
-    let sources = sources?;
     let timeouts = Timeouts {
         connect: options.connect_timeout(),
         upstream: options.upstream_timeout(),
         token: options.token_timeout(),
     };
-    let metrics = Metrics::new();
-    let snapshot = Snapshot::build(&sources, None, &timeouts, &metrics)?;
-    tracing::info!(
-        datasource = %snapshot.name,
-        upstream = %sources.datasource.url,
-        authentication = auth_type(&sources.datasource.authentication),
-        signature = sources.datasource.signature.is_some(),
-        "configuration loaded"
-    );
-    drop(sources);
-    let state = Arc::new(State {
-        snapshot: ArcSwap::from_pointee(snapshot),
-        metrics,
-        timeouts,
-    });
+    let mut read = Vec::with_capacity(options.datasource.len());
+    for path in &options.datasource {
+        let locations = Locations::new(path.clone(), options.secrets_dir.clone());
+        let reading = locations.clone();
+        let (fingerprint, sources) = tokio::task::spawn_blocking(move || reading.read())
+            .await
+            .map_err(|e| Error::ReadDatasource {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        read.push((locations, fingerprint, sources?));
+    }
+    // Before anything starts: names label logs and metrics.
+    unique_names(
+        read.iter()
+            .map(|(l, _, s)| (&l.datasource, &s.datasource.name)),
+    )?;
+
+    let registry = metrics::Registry::new();
+    let mut loaded = Vec::with_capacity(read.len());
+    for (slot, (locations, fingerprint, sources)) in read.into_iter().enumerate() {
+        let state = load(slot, &sources, &registry, &timeouts)?;
+        loaded.push(Loaded {
+            state: Arc::new(state),
+            locations,
+            fingerprint,
+        });
+    }
 
     let workers = options.workers();
-    let (proxy_addr, proxy_listeners) = bind_shared(options.listen, workers)?;
+    // Per datasource, one listener per worker.
+    let mut proxy_addrs = Vec::with_capacity(loaded.len());
+    let mut bound = Vec::with_capacity(loaded.len());
+    for (_, addr) in options.datasources() {
+        let (addr, listeners) = bind_shared(addr, workers)?;
+        proxy_addrs.push(addr);
+        bound.push(listeners.into_iter());
+    }
     let admin_listener = match options.admin_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -133,36 +166,49 @@ pub async fn start(options: &Options) -> Result<Running, Error> {
     let grace = options.shutdown_grace();
     let mut tasks = Vec::new();
     let mut worker_stops = Vec::with_capacity(workers);
-    for (index, listener) in proxy_listeners.into_iter().enumerate() {
-        worker_stops.push(spawn_worker(
-            index,
-            listener,
-            state.clone(),
-            stopped.clone(),
-            grace,
-        )?);
+    for index in 0..workers {
+        let mut served = Vec::with_capacity(loaded.len());
+        for (listeners, datasource) in bound.iter_mut().zip(&loaded) {
+            if let Some(listener) = listeners.next() {
+                served.push((listener, datasource.state.clone()));
+            }
+        }
+        worker_stops.push(spawn_worker(index, served, stopped.clone(), grace)?);
     }
-    tracing::info!(address = %proxy_addr, workers, "proxy listening");
+    for (datasource, addr) in loaded.iter().zip(&proxy_addrs) {
+        tracing::info!(
+            datasource = %datasource.state.name,
+            address = %addr,
+            workers,
+            "proxy listening"
+        );
+    }
     if let (Some(listener), Some(addr)) = (admin_listener, admin_addr) {
-        let admin_state = state.clone();
+        let admin = Arc::new(Admin {
+            datasources: loaded.iter().map(|d| d.state.clone()).collect(),
+            metrics: registry,
+        });
         tasks.push(tokio::spawn(server::serve(
             "admin",
+            None,
             listener,
-            move |request| admin::handle(admin_state.clone(), request),
+            move |request| admin::handle(admin.clone(), request),
             stopped.clone(),
             grace,
         )));
         tracing::info!(address = %addr, "admin listening");
     }
-    tasks.push(tokio::spawn(reload::watch_files(
-        state,
-        locations,
-        options.reload_interval(),
-        fingerprint,
-        stopped,
-    )));
+    for datasource in loaded {
+        tasks.push(tokio::spawn(reload::watch_files(
+            datasource.state,
+            datasource.locations,
+            options.reload_interval(),
+            datasource.fingerprint,
+            stopped.clone(),
+        )));
+    }
     Ok(Running {
-        proxy_addr,
+        proxy_addrs,
         admin_addr,
         stop,
         tasks,
@@ -170,13 +216,56 @@ pub async fn start(options: &Options) -> Result<Running, Error> {
     })
 }
 
-/// Starts worker thread `index`: a single-threaded runtime serving the
-/// proxy on `listener` until `stopped`. The receiver completes when the
-/// thread has finished serving.
+/// The state of the datasource served in `slot`, its first snapshot built
+/// from `sources`.
+fn load(
+    slot: usize,
+    sources: &Sources,
+    registry: &metrics::Registry,
+    timeouts: &Timeouts,
+) -> Result<State, Error> {
+    let name = sources.datasource.name.as_str();
+    let metrics = registry.datasource(name);
+    let snapshot = Snapshot::build(sources, None, timeouts, &metrics, slot)?;
+    tracing::info!(
+        datasource = name,
+        upstream = %sources.datasource.url,
+        authentication = auth_type(&sources.datasource.authentication),
+        signature = sources.datasource.signature.is_some(),
+        "configuration loaded"
+    );
+    Ok(State {
+        name: Arc::from(name),
+        snapshot: ArcSwap::from_pointee(snapshot),
+        metrics,
+        timeouts: timeouts.clone(),
+        slot,
+    })
+}
+
+/// Refuses two datasource files that name the same datasource.
+fn unique_names<'a>(
+    datasources: impl Iterator<Item = (&'a PathBuf, &'a String)>,
+) -> Result<(), Error> {
+    let mut seen: HashMap<&str, &PathBuf> = HashMap::new();
+    for (path, name) in datasources {
+        if let Some(first) = seen.insert(name, path) {
+            return Err(Error::DuplicateDatasourceName {
+                name: name.clone(),
+                first: first.clone(),
+                second: path.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Starts worker thread `index`: a single-threaded runtime serving each
+/// datasource's proxy on its listener in `served` until `stopped`. The
+/// receiver completes when the thread has finished serving.
 fn spawn_worker(
     index: usize,
-    listener: std::net::TcpListener,
-    state: Arc<State>,
+    served: Vec<(std::net::TcpListener, Arc<State>)>,
     stopped: watch::Receiver<bool>,
     grace: std::time::Duration,
 ) -> Result<oneshot::Receiver<()>, Error> {
@@ -188,22 +277,38 @@ fn spawn_worker(
         .enable_all()
         .build()
         .map_err(failed)?;
-    let listener = {
-        // Registers the socket with this worker's event loop.
+    let served = {
+        // Registers the sockets with this worker's event loop.
         let _entered = runtime.enter();
-        TcpListener::from_std(listener).map_err(failed)?
+        served
+            .into_iter()
+            .map(|(listener, state)| Ok((TcpListener::from_std(listener)?, state)))
+            .collect::<Result<Vec<_>, std::io::Error>>()
+            .map_err(failed)?
     };
     let (done, finished) = oneshot::channel();
     std::thread::Builder::new()
         .name(format!("sidekey-worker-{index}"))
         .spawn(move || {
-            runtime.block_on(server::serve(
-                "proxy",
-                listener,
-                move |request| proxy::handle(state.clone(), request),
-                stopped,
-                grace,
-            ));
+            runtime.block_on(async move {
+                // A task per datasource: each accept loop wakes alone.
+                let serving: Vec<_> = served
+                    .into_iter()
+                    .map(|(listener, state)| {
+                        tokio::spawn(server::serve(
+                            "proxy",
+                            Some(state.name.clone()),
+                            listener,
+                            move |request| proxy::handle(state.clone(), request),
+                            stopped.clone(),
+                            grace,
+                        ))
+                    })
+                    .collect();
+                for task in serving {
+                    let _ = task.await;
+                }
+            });
             drop(runtime);
             let _ = done.send(());
         })
@@ -275,5 +380,31 @@ fn auth_type(auth: &sidekey_crds::ResolvedAuthentication) -> &'static str {
         A::ApiKey { .. } => "ApiKey",
         A::BearerToken { .. } => "BearerToken",
         A::OAuth2(_) => "OAuth2",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_files_naming_one_datasource_are_refused_with_both_paths() {
+        let (a, b, c) = (
+            PathBuf::from("/etc/a.yaml"),
+            PathBuf::from("/etc/b.yaml"),
+            PathBuf::from("/etc/c.yaml"),
+        );
+        let (crm, payments) = ("crm".to_owned(), "payments".to_owned());
+        assert!(unique_names([(&a, &crm), (&b, &payments)].into_iter()).is_ok());
+        let err = unique_names([(&a, &crm), (&b, &payments), (&c, &crm)].into_iter())
+            .expect_err("crm twice");
+        let text = err.to_string();
+        assert!(
+            text.contains("/etc/a.yaml")
+                && text.contains("/etc/c.yaml")
+                && text.contains("\"crm\""),
+            "{text}"
+        );
+        assert_eq!(err.code(), "duplicate_datasource_name");
     }
 }

@@ -10,21 +10,24 @@ use clap::{Parser, ValueEnum};
 use crate::error::Error;
 
 /// A loopback proxy that adds an API datasource's credentials, default
-/// headers and query parameters, and signature to every request.
+/// headers and query parameters, and signature to every request; one
+/// process serves several datasources, each on its own address.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "sidekey-sidecar", version)]
 pub struct Options {
-    /// The datasource: an `ApiDatasource` manifest or the operator's resolved spec (YAML).
-    #[arg(long, env = "SIDEKEY_DATASOURCE")]
-    pub datasource: PathBuf,
+    /// A datasource: an `ApiDatasource` manifest or the operator's resolved spec (YAML).
+    /// Repeat it to serve several; the i-th `--listen` serves the i-th `--datasource`.
+    #[arg(long, value_name = "FILE", env = "SIDEKEY_DATASOURCE", required = true)]
+    pub datasource: Vec<PathBuf>,
 
     /// Directory holding secrets as `<secret-name>/<key>`, the layout of a Secret volume.
     #[arg(long, env = "SIDEKEY_SECRETS_DIR")]
     pub secrets_dir: PathBuf,
 
     /// Address for proxied traffic; loopback only (127.0.0.1:PORT or [::1]:PORT).
-    #[arg(long, env = "SIDEKEY_LISTEN")]
-    pub listen: SocketAddr,
+    /// One per `--datasource`, in the same order.
+    #[arg(long, value_name = "ADDR", env = "SIDEKEY_LISTEN", required = true)]
+    pub listen: Vec<SocketAddr>,
 
     /// Address of `/healthz`, `/readyz` and `/metrics` (no credentials pass there).
     /// Without it, no admin server runs.
@@ -55,8 +58,8 @@ pub struct Options {
     #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
     pub reload_interval: f64,
 
-    /// Threads serving proxied requests, each with its own listener on the
-    /// `--listen` address (SO_REUSEPORT), event loop and upstream
+    /// Threads serving proxied requests, each with its own listener on
+    /// every `--listen` address (SO_REUSEPORT), event loop and upstream
     /// connections, like nginx's worker processes. One thread saturates
     /// one CPU at about 55,000 requests per second on a 2-CPU test machine;
     /// a second one helps only with a CPU of its own to run on (sharing
@@ -77,12 +80,34 @@ pub enum LogFormat {
 }
 
 impl Options {
-    /// Refuses what the flags' types cannot: a proxy address off loopback.
+    /// Refuses what the flags' types cannot: no datasource, a `--listen`
+    /// count that does not match the `--datasource` count, a proxy address
+    /// off loopback, or one address given to two datasources.
     pub fn validate(&self) -> Result<(), Error> {
-        if !self.listen.ip().is_loopback() {
-            return Err(Error::NonLoopbackListen { addr: self.listen });
+        if self.datasource.is_empty() {
+            return Err(Error::NoDatasource);
+        }
+        if self.listen.len() != self.datasource.len() {
+            return Err(Error::ListenCountMismatch {
+                datasources: self.datasource.len(),
+                listens: self.listen.len(),
+            });
+        }
+        for (index, addr) in self.listen.iter().enumerate() {
+            if !addr.ip().is_loopback() {
+                return Err(Error::NonLoopbackListen { addr: *addr });
+            }
+            // Port 0 asks the kernel for a free port: never the same twice.
+            if addr.port() != 0 && self.listen[..index].contains(addr) {
+                return Err(Error::DuplicateListen { addr: *addr });
+            }
         }
         Ok(())
+    }
+
+    /// Each datasource file with the address that serves it, in flag order.
+    pub fn datasources(&self) -> impl Iterator<Item = (&PathBuf, SocketAddr)> {
+        self.datasource.iter().zip(self.listen.iter().copied())
     }
 
     /// How many proxy worker threads to run.
@@ -132,6 +157,14 @@ mod tests {
         ])
     }
 
+    fn parse_args(args: &[&str]) -> Options {
+        Options::parse_from(
+            ["sidekey-sidecar", "--secrets-dir", "secrets"]
+                .iter()
+                .chain(args),
+        )
+    }
+
     #[test]
     fn loopback_listen_is_accepted() {
         assert!(parse("127.0.0.1:15000").validate().is_ok());
@@ -142,5 +175,91 @@ mod tests {
     fn wildcard_listen_is_refused() {
         let err = parse("0.0.0.0:15000").validate().expect_err("not loopback");
         assert!(err.to_string().contains("not a loopback address"), "{err}");
+    }
+
+    #[test]
+    fn repeated_flags_pair_up_in_order() {
+        let o = parse_args(&[
+            "--datasource",
+            "payments.yaml",
+            "--listen",
+            "127.0.0.1:15000",
+            "--datasource",
+            "crm.yaml",
+            "--listen",
+            "127.0.0.1:15001",
+        ]);
+        assert!(o.validate().is_ok());
+        let pairs: Vec<_> = o
+            .datasources()
+            .map(|(p, a)| (p.as_path(), a.port()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (std::path::Path::new("payments.yaml"), 15000),
+                (std::path::Path::new("crm.yaml"), 15001)
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_count_must_match_datasource_count() {
+        let o = parse_args(&[
+            "--datasource",
+            "a.yaml",
+            "--datasource",
+            "b.yaml",
+            "--listen",
+            "127.0.0.1:15000",
+        ]);
+        let err = o.validate().expect_err("one --listen for two datasources");
+        assert!(
+            matches!(
+                err,
+                Error::ListenCountMismatch {
+                    datasources: 2,
+                    listens: 1
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn one_address_for_two_datasources_is_refused_but_port_zero_is_not() {
+        let twice = |listen: &str| {
+            parse_args(&[
+                "--datasource",
+                "a.yaml",
+                "--listen",
+                listen,
+                "--datasource",
+                "b.yaml",
+                "--listen",
+                listen,
+            ])
+        };
+        let err = twice("127.0.0.1:15000")
+            .validate()
+            .expect_err("same address");
+        assert!(matches!(err, Error::DuplicateListen { .. }), "{err}");
+        assert!(err.to_string().contains("127.0.0.1:15000"), "{err}");
+        assert!(twice("127.0.0.1:0").validate().is_ok());
+    }
+
+    #[test]
+    fn every_listen_address_must_be_loopback() {
+        let o = parse_args(&[
+            "--datasource",
+            "a.yaml",
+            "--listen",
+            "127.0.0.1:15000",
+            "--datasource",
+            "b.yaml",
+            "--listen",
+            "0.0.0.0:15001",
+        ]);
+        assert!(matches!(o.validate(), Err(Error::NonLoopbackListen { .. })));
     }
 }

@@ -45,7 +45,7 @@ pub async fn handle(
     let mut response = match forward(&state, &snapshot, request).await {
         Ok(response) => response,
         Err(e) => {
-            tracing::warn!(error = e.code(), reason = %e, "request failed");
+            tracing::warn!(datasource = %state.name, error = e.code(), reason = %e, "request failed");
             e.to_response().map(Either::Right)
         }
     };
@@ -53,6 +53,7 @@ pub async fn handle(
     state.metrics.request_answered(response.status());
     if let Some((method, path, started)) = logged {
         tracing::debug!(
+            datasource = %state.name,
             %method,
             path,
             status = response.status().as_u16(),

@@ -4,12 +4,16 @@
 //! couple of seconds costs nothing. A change builds a new snapshot and
 //! swaps it in; in-flight requests finish on the one they started with. A
 //! broken change keeps the old snapshot, is logged once, and counted.
+//!
+//! Each datasource has a task of its own: one datasource's broken file
+//! never holds up another's reload.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::error::Error;
 use crate::snapshot::Snapshot;
 use crate::sources::Locations;
 use crate::state::State;
@@ -36,17 +40,34 @@ pub async fn watch_files(
         fingerprint = seen;
         let current = state.snapshot.load_full();
         let built = sources.and_then(|sources| {
-            Snapshot::build(&sources, Some(&current), &state.timeouts, &state.metrics)
+            // The name labels logs and metrics and is unique among the
+            // datasources served, as checked at startup.
+            let named = &sources.datasource.name;
+            if **named != *state.name {
+                return Err(Error::DatasourceRenamed {
+                    path: locations.datasource.clone(),
+                    from: state.name.to_string(),
+                    to: named.clone(),
+                });
+            }
+            Snapshot::build(
+                &sources,
+                Some(&current),
+                &state.timeouts,
+                &state.metrics,
+                state.slot,
+            )
         });
         match built {
             Ok(snapshot) => {
                 state.snapshot.store(Arc::new(snapshot));
                 state.metrics.reloads.inc();
-                tracing::info!("configuration reloaded");
+                tracing::info!(datasource = %state.name, "configuration reloaded");
             }
             Err(e) => {
                 state.metrics.reload_failures.inc();
                 tracing::error!(
+                    datasource = %state.name,
                     error = e.code(),
                     reason = %e,
                     "configuration change refused; the previous configuration keeps serving"

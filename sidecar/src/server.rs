@@ -1,6 +1,8 @@
 //! Accepts connections and serves HTTP/1.1 and HTTP/2 (prior knowledge,
 //! h2c) on them, until told to stop; then lets in-flight requests finish.
 
+use std::sync::Arc;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
@@ -14,8 +16,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Serves `listener` with `handler`. `name` says which server a log line
+/// is about, `datasource` which datasource a proxy listener serves.
 pub async fn serve<F, Fut, B>(
     name: &'static str,
+    datasource: Option<Arc<str>>,
     listener: TcpListener,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
@@ -45,7 +50,7 @@ pub async fn serve<F, Fut, B>(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: pause, keep serving.
-                tracing::warn!(server = name, error = %e, "accept failed");
+                tracing::warn!(server = name, datasource = datasource.as_deref(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -56,9 +61,15 @@ pub async fn serve<F, Fut, B>(
             .serve_connection(TokioIo::new(stream), service_fn(handler))
             .into_owned();
         let connection = graceful.watch(connection);
+        let datasource = datasource.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(server = name, error = %e, "connection ended with an error");
+                tracing::debug!(
+                    server = name,
+                    datasource = datasource.as_deref(),
+                    error = %e,
+                    "connection ended with an error"
+                );
             }
         });
     }
@@ -69,6 +80,7 @@ pub async fn serve<F, Fut, B>(
     {
         tracing::warn!(
             server = name,
+            datasource = datasource.as_deref(),
             "in-flight requests did not finish within the grace period"
         );
     }

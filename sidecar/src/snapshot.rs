@@ -45,11 +45,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Builds the snapshot of one datasource from what `sources` read,
+    /// reusing what `previous` holds where its inputs did not change.
+    /// `slot` is the datasource's place among those served (see
+    /// [`Upstream::new`]).
     pub fn build(
         sources: &Sources,
         previous: Option<&Snapshot>,
         timeouts: &Timeouts,
         metrics: &Metrics,
+        slot: usize,
     ) -> Result<Self, Error> {
         let ds = &sources.datasource;
         let target = Target::new(ds)?;
@@ -64,7 +69,8 @@ impl Snapshot {
             None => {
                 let bundle = ca.map(|(file, pem)| CaBundle { file, pem });
                 let tls = tls::client_config(bundle, ds.tls.trust_system_roots)?;
-                let upstream = Upstream::new(tls.clone(), timeouts.connect, timeouts.upstream);
+                let upstream =
+                    Upstream::new(slot, tls.clone(), timeouts.connect, timeouts.upstream);
                 (tls, upstream)
             }
         };

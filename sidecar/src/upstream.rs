@@ -2,9 +2,9 @@
 //! HTTP/2 by ALPN, keep-alive connections reused across requests, and the
 //! translation of its failures into the errors an app sees.
 //!
-//! Each worker thread has its own client and pool, so a request, its
-//! connection's task and the pool never leave the thread that accepted it:
-//! no cross-thread wake-ups, no contended pool lock.
+//! Each worker thread has its own client and pool per datasource, so a
+//! request, its connection's task and the pool never leave the thread that
+//! accepted it: no cross-thread wake-ups, no contended pool lock.
 
 use std::cell::RefCell;
 use std::error::Error as StdError;
@@ -38,11 +38,13 @@ type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// This thread's client, for the settings of that generation. A reload
-    /// that changes the TLS setup makes a new generation; the next request
-    /// on each thread then builds a fresh client (requests in flight keep
-    /// the connections they hold).
-    static CLIENT: RefCell<Option<(u64, PooledClient)>> = const { RefCell::new(None) };
+    /// This thread's clients, one slot per datasource, each with the
+    /// generation of settings it was built for. A reload that changes a
+    /// datasource's TLS setup makes a new generation; the next request for
+    /// it on each thread then builds a fresh client in its slot (requests
+    /// in flight keep the connections they hold). One slot per datasource,
+    /// not one per thread: datasources served in turn keep their pools.
+    static CLIENTS: RefCell<Vec<Option<(u64, PooledClient)>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The upstream's connection settings. Cheap to clone: clones are the same
@@ -56,18 +58,24 @@ pub struct Upstream {
 
 struct Settings {
     generation: u64,
+    /// The datasource's slot in each thread's [`CLIENTS`].
+    slot: usize,
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
 }
 
 impl Upstream {
+    /// Settings for the datasource whose clients live in `slot` (its
+    /// index; small, as each thread keeps a slot for every lower one).
     pub fn new(
+        slot: usize,
         tls: Arc<rustls::ClientConfig>,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Self {
         let settings = Settings {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            slot,
             tls,
             connect_timeout,
         };
@@ -92,14 +100,21 @@ impl Upstream {
     /// Starts `request` on this thread's client, building the client first
     /// if the thread has none for these settings.
     fn start(&self, request: Request<UpstreamBody>) -> ResponseFuture {
-        let generation = self.settings.generation;
-        CLIENT.with_borrow_mut(|slot| match slot {
-            Some((built_for, client)) if *built_for == generation => client.request(request),
-            _ => {
-                let client = self.settings.client();
-                let started = client.request(request);
-                *slot = Some((generation, client));
-                started
+        let Settings {
+            generation, slot, ..
+        } = *self.settings;
+        CLIENTS.with_borrow_mut(|clients| {
+            if clients.len() <= slot {
+                clients.resize_with(slot + 1, || None);
+            }
+            match &mut clients[slot] {
+                Some((built_for, client)) if *built_for == generation => client.request(request),
+                cached => {
+                    let client = self.settings.client();
+                    let started = client.request(request);
+                    *cached = Some((generation, client));
+                    started
+                }
             }
         })
     }
@@ -178,6 +193,36 @@ fn find<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cached_generations() -> Vec<Option<u64>> {
+        CLIENTS.with_borrow(|clients| clients.iter().map(|c| c.as_ref().map(|c| c.0)).collect())
+    }
+
+    #[test]
+    fn each_datasource_keeps_its_own_client_on_a_thread() {
+        let tls = crate::tls::client_config(None, true).expect("tls");
+        let second = Duration::from_secs(1);
+        let a = Upstream::new(0, tls.clone(), second, second);
+        let b = Upstream::new(1, tls.clone(), second, second);
+        let get = || {
+            Request::get("http://127.0.0.1:9/")
+                .body(Either::Left(Full::default()))
+                .expect("request")
+        };
+        // Only started, never polled: the client is built, nothing is sent.
+        drop(a.start(get()));
+        drop(b.start(get()));
+        drop(a.start(get()));
+        let (ga, gb) = (a.settings.generation, b.settings.generation);
+        assert_eq!(cached_generations(), [Some(ga), Some(gb)]);
+        // A reload of `b` with another TLS setup replaces only its slot.
+        let b2 = Upstream::new(1, tls, second, second);
+        drop(b2.start(get()));
+        assert_eq!(
+            cached_generations(),
+            [Some(ga), Some(b2.settings.generation)]
+        );
+    }
 
     #[test]
     fn rustls_error_is_found_inside_an_io_error() {

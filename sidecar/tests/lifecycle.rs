@@ -55,23 +55,28 @@ async fn admin_serves_health_readiness_and_metrics() {
     assert_eq!(missing.status(), 404);
     assert_eq!(
         sidecar
-            .metric("sidekey_requests_total{class=\"2xx\"}")
+            .metric("sidekey_requests_total{datasource=\"payments\",class=\"2xx\"}")
             .await,
         1.0
     );
     assert_eq!(
         sidecar
-            .metric("sidekey_requests_total{class=\"4xx\"}")
+            .metric("sidekey_requests_total{datasource=\"payments\",class=\"4xx\"}")
             .await,
         1.0
     );
     assert_eq!(
         sidecar
-            .metric("sidekey_upstream_latency_seconds_count")
+            .metric("sidekey_upstream_latency_seconds_count{datasource=\"payments\"}")
             .await,
         2.0
     );
-    assert_eq!(sidecar.metric("sidekey_config_reloads_total").await, 0.0);
+    assert_eq!(
+        sidecar
+            .metric("sidekey_config_reloads_total{datasource=\"payments\"}")
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,12 +111,19 @@ async fn readiness_waits_for_the_first_oauth_token() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let expiry = sidecar.metric("sidekey_token_expiry_seconds").await;
+    let expiry = sidecar
+        .metric("sidekey_token_expiry_seconds{datasource=\"payments\"}")
+        .await;
     assert!(
         expiry > 200.0 && expiry <= 300.0,
         "token expires in {expiry} s"
     );
-    assert_eq!(sidecar.metric("sidekey_token_fetches_total").await, 1.0);
+    assert_eq!(
+        sidecar
+            .metric("sidekey_token_fetches_total{datasource=\"payments\"}")
+            .await,
+        1.0
+    );
     assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 0);
 }
 
@@ -150,7 +162,12 @@ async fn secret_swapped_by_kubelet_is_picked_up_without_dropping_a_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(in_flight.await.expect("join"), 200);
-    assert_eq!(sidecar.metric("sidekey_config_reloads_total").await, 1.0);
+    assert_eq!(
+        sidecar
+            .metric("sidekey_config_reloads_total{datasource=\"payments\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,10 +191,17 @@ async fn broken_config_change_keeps_the_old_one_serving() {
     );
     assert_eq!(authorization(&sidecar).await, "Bearer kept-token");
     assert_eq!(
-        sidecar.metric("sidekey_config_reload_failures_total").await,
+        sidecar
+            .metric("sidekey_config_reload_failures_total{datasource=\"payments\"}")
+            .await,
         1.0
     );
-    assert_eq!(sidecar.metric("sidekey_config_reloads_total").await, 0.0);
+    assert_eq!(
+        sidecar
+            .metric("sidekey_config_reloads_total{datasource=\"payments\"}")
+            .await,
+        0.0
+    );
 }
 
 #[test]

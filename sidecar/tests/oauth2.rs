@@ -220,10 +220,14 @@ async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_requ
         tokens >= 4,
         "only {tokens} distinct tokens in 10 s of 3 s tokens"
     );
-    let fetches = sidecar.metric("sidekey_token_fetches_total").await;
+    let fetches = sidecar
+        .metric("sidekey_token_fetches_total{datasource=\"payments\"}")
+        .await;
     assert!(fetches >= 4.0, "{fetches} token fetches");
     assert_eq!(
-        sidecar.metric("sidekey_token_fetch_failures_total").await,
+        sidecar
+            .metric("sidekey_token_fetch_failures_total{datasource=\"payments\"}")
+            .await,
         0.0
     );
 }

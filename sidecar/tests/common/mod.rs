@@ -9,14 +9,19 @@ pub mod upstream;
 
 pub use pki::Pki;
 #[allow(unused_imports)]
-pub use sidecar::{Workspace, client, get_echo, get_echo_with, header};
+pub use sidecar::{Workspace, client, get_echo, get_echo_at, get_echo_with, header};
 pub use upstream::Upstream;
 
 /// An `ApiDatasource` manifest for `url` with the given `spec` lines
 /// (indented two spaces), trusting the test CA from secret `ca`/`ca.crt`.
 pub fn manifest(url: &str, spec: &str) -> String {
+    named_manifest("payments", "ca", url, spec)
+}
+
+/// The same for datasource `name`, trusting the CA in secret `ca`/`ca.crt`.
+pub fn named_manifest(name: &str, ca: &str, url: &str, spec: &str) -> String {
     format!(
-        "apiVersion: sidekey.dev/v1alpha1\nkind: ApiDatasource\nmetadata:\n  name: payments\n  namespace: shop\nspec:\n  url: {url}\n  tls:\n    caCertificateSecretRef: {{ name: ca, key: ca.crt }}\n{spec}"
+        "apiVersion: sidekey.dev/v1alpha1\nkind: ApiDatasource\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  url: {url}\n  tls:\n    caCertificateSecretRef: {{ name: {ca}, key: ca.crt }}\n{spec}"
     )
 }
 

@@ -1,6 +1,6 @@
-//! The real `sidekey-sidecar` binary, run on loopback with a datasource and
-//! secrets written to a temporary directory; its JSON log lines are kept
-//! for assertions.
+//! The real `sidekey-sidecar` binary, run on loopback with one or more
+//! datasources and secrets written to a temporary directory; its JSON log
+//! lines are kept for assertions.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -39,6 +39,13 @@ impl Workspace {
         std::fs::write(self.datasource_path(), yaml).expect("write datasource");
     }
 
+    /// Writes another datasource file, `file` in the workspace; its path.
+    pub fn write_datasource_file(&self, file: &str, yaml: &str) -> PathBuf {
+        let path = self.path(file);
+        std::fs::write(&path, yaml).expect("write datasource");
+        path
+    }
+
     pub fn write_secret(&self, name: &str, key: &str, value: &str) {
         let dir = self.secrets_dir().join(name);
         std::fs::create_dir_all(&dir).expect("secret dir");
@@ -52,7 +59,10 @@ impl Workspace {
 
 pub struct Sidecar {
     child: Child,
+    /// Where the first datasource is served.
     pub addr: SocketAddr,
+    /// Where each datasource is served, in `--datasource` order.
+    pub addrs: Vec<SocketAddr>,
     pub admin: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
 }
@@ -78,14 +88,26 @@ fn binary() -> &'static str {
 /// Starts the binary on 127.0.0.1 with free ports and waits until it
 /// listens, or returns what it printed if it exits first.
 pub fn try_start(ws: &Workspace, extra: &[&str]) -> Result<Sidecar, StartFailure> {
-    let mut child = Command::new(binary())
-        .arg("--datasource")
-        .arg(ws.datasource_path())
+    try_start_many(ws, &[ws.datasource_path()], extra)
+}
+
+/// The same with several datasource files, each served on a port of its own.
+pub fn try_start_many(
+    ws: &Workspace,
+    datasources: &[PathBuf],
+    extra: &[&str],
+) -> Result<Sidecar, StartFailure> {
+    let mut command = Command::new(binary());
+    for path in datasources {
+        command
+            .arg("--datasource")
+            .arg(path)
+            .args(["--listen", "127.0.0.1:0"]);
+    }
+    command
         .arg("--secrets-dir")
         .arg(ws.secrets_dir())
         .args([
-            "--listen",
-            "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
             "--log-format",
@@ -97,7 +119,14 @@ pub fn try_start(ws: &Workspace, extra: &[&str]) -> Result<Sidecar, StartFailure
             "--worker-threads",
             "2",
         ])
-        .args(extra)
+        .args(extra);
+    launch(command, datasources.len())
+}
+
+/// Runs `command` (the binary with its flags and environment) and waits
+/// until it announces `proxies` proxy addresses and its admin address.
+pub fn launch(mut command: Command, proxies: usize) -> Result<Sidecar, StartFailure> {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,17 +155,20 @@ pub fn try_start(ws: &Workspace, extra: &[&str]) -> Result<Sidecar, StartFailure
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (proxy, admin) = {
+        let (addrs, admin) = {
             let lines = lines.lock().expect("lock");
             (
-                find_address(&lines, "proxy listening"),
-                find_address(&lines, "admin listening"),
+                find_addresses(&lines, "proxy listening"),
+                find_addresses(&lines, "admin listening").first().copied(),
             )
         };
-        if let (Some(addr), Some(admin)) = (proxy, admin) {
+        if addrs.len() == proxies
+            && let Some(admin) = admin
+        {
             return Ok(Sidecar {
                 child,
-                addr,
+                addr: addrs[0],
+                addrs,
                 admin,
                 lines,
             });
@@ -167,7 +199,16 @@ pub fn start(ws: &Workspace) -> Sidecar {
 }
 
 pub fn start_with(ws: &Workspace, extra: &[&str]) -> Sidecar {
-    match try_start(ws, extra) {
+    started(try_start(ws, extra))
+}
+
+/// Starts the binary serving every file of `datasources`, in that order.
+pub fn start_many(ws: &Workspace, datasources: &[PathBuf]) -> Sidecar {
+    started(try_start_many(ws, datasources, &[]))
+}
+
+fn started(result: Result<Sidecar, StartFailure>) -> Sidecar {
+    match result {
         Ok(s) => s,
         Err(f) => panic!(
             "sidekey-sidecar did not start ({:?}):\n{}",
@@ -176,19 +217,28 @@ pub fn start_with(ws: &Workspace, extra: &[&str]) -> Sidecar {
     }
 }
 
-fn find_address(lines: &[String], message: &str) -> Option<SocketAddr> {
-    lines.iter().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v["message"] != message {
-            return None;
-        }
-        v["address"].as_str()?.parse().ok()
-    })
+/// The addresses of the log lines saying `message`, in order.
+fn find_addresses(lines: &[String], message: &str) -> Vec<SocketAddr> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            if v["message"] != message {
+                return None;
+            }
+            v["address"].as_str()?.parse().ok()
+        })
+        .collect()
 }
 
 impl Sidecar {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL of the datasource served `index`-th.
+    pub fn url_at(&self, index: usize, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[index])
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -277,7 +327,17 @@ pub async fn get_echo_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> serde_json::Value {
-    let mut request = client().get(sidecar.url(path));
+    get_echo_at(sidecar, 0, path, headers).await
+}
+
+/// [`get_echo_with`] through the datasource served `index`-th.
+pub async fn get_echo_at(
+    sidecar: &Sidecar,
+    index: usize,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut request = client().get(sidecar.url_at(index, path));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

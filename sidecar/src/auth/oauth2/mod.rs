@@ -47,6 +47,8 @@ struct Failure {
 }
 
 pub struct OAuth2 {
+    /// The datasource's name, for log lines.
+    datasource: String,
     endpoint: TokenEndpoint,
     placement: TokenPlacement,
     header_prefix: String,
@@ -80,6 +82,7 @@ impl OAuth2 {
             .unwrap_or_default();
         let (wake, woken) = watch::channel(0);
         let this = Arc::new(Self {
+            datasource: sources.datasource.name.clone(),
             endpoint,
             placement: settings.add_token_to,
             header_prefix: settings.header_prefix.clone(),
@@ -178,7 +181,12 @@ impl OAuth2 {
             Err(reason) => {
                 self.metrics.token_fetch_failures.inc();
                 let valid_for = self.expires_in().map(|d| d.as_secs_f64());
-                tracing::warn!(%reason, current_token_valid_for_seconds = valid_for, "token request failed");
+                tracing::warn!(
+                    datasource = %self.datasource,
+                    %reason,
+                    current_token_valid_for_seconds = valid_for,
+                    "token request failed"
+                );
                 *last_failure = Some(Failure {
                     at: Instant::now(),
                     reason: reason.clone(),
@@ -222,6 +230,7 @@ impl OAuth2 {
             *slot = Some(rotated);
         }
         tracing::info!(
+            datasource = %self.datasource,
             expires_in_seconds = lifetime.as_secs_f64(),
             announced = issued.expires_in.is_some(),
             "access token obtained"
@@ -290,7 +299,10 @@ impl Authenticate for OAuth2 {
 
     fn rejected(&self, used: Arc<Credential>) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            tracing::info!("the upstream rejected the access token (401): renewing it");
+            tracing::info!(
+                datasource = %self.datasource,
+                "the upstream rejected the access token (401): renewing it"
+            );
             self.renew(Some(used), true).await.is_ok()
         })
     }
