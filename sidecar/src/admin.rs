@@ -90,44 +90,7 @@ fn not_ready(datasources: &[Arc<State>]) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Snapshot, Timeouts};
-    use crate::sources::Locations;
-    use arc_swap::ArcSwap;
-    use std::time::Duration;
-
-    /// The state of datasource `name` with `auth` (lines under
-    /// `authentication:`), read from files in `dir`.
-    fn state(
-        dir: &std::path::Path,
-        registry: &Registry,
-        slot: usize,
-        name: &str,
-        auth: &str,
-    ) -> Arc<State> {
-        let file = dir.join(format!("{name}.yaml"));
-        let yaml = format!(
-            "kind: ApiDatasource\nmetadata: {{name: {name}}}\nspec:\n  url: https://127.0.0.1:9\n  authentication:\n{auth}"
-        );
-        std::fs::write(&file, yaml).expect("write");
-        let (_, sources) = Locations::new(file, dir.to_path_buf()).read();
-        let sources = sources.expect("sources");
-        let second = Duration::from_secs(1);
-        let timeouts = Timeouts {
-            connect: second,
-            upstream: second,
-            token: second,
-        };
-        let metrics = registry.datasource(name);
-        let snapshot =
-            Snapshot::build(&sources, None, &timeouts, &metrics, slot).expect("snapshot");
-        Arc::new(State {
-            name: Arc::from(name),
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-            timeouts,
-            slot,
-        })
-    }
+    use crate::state::testing::state;
 
     async fn get(admin: &Arc<Admin>, path: &str) -> (StatusCode, String) {
         use http_body_util::BodyExt;

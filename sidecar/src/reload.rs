@@ -42,12 +42,12 @@ pub async fn watch_files(
         let built = sources.and_then(|sources| {
             // The name labels logs and metrics and is unique among the
             // datasources served, as checked at startup.
-            let named = &sources.datasource.name;
-            if **named != *state.name {
+            let named = sources.datasource.name.as_str();
+            if named != &*state.name {
                 return Err(Error::DatasourceRenamed {
                     path: locations.datasource.clone(),
                     from: state.name.to_string(),
-                    to: named.clone(),
+                    to: named.to_owned(),
                 });
             }
             Snapshot::build(
@@ -74,5 +74,43 @@ pub async fn watch_files(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Registry;
+    use crate::state::testing::{state, yaml};
+
+    #[tokio::test]
+    async fn a_renamed_datasource_is_refused_and_keeps_serving_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let crm = state(dir.path(), &registry, 0, "crm", "    type: None\n");
+        let before = crm.snapshot.load_full();
+        let file = dir.path().join("crm.yaml");
+        let locations = Locations::new(file.clone(), dir.path().to_path_buf());
+        let (fingerprint, _) = locations.read();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(watch_files(
+            crm.clone(),
+            locations,
+            Duration::from_millis(20),
+            fingerprint,
+            stopped,
+        ));
+        std::fs::write(&file, yaml("payments", "    type: None\n")).expect("write");
+        for _ in 0..250 {
+            if crm.metrics.reload_failures.get() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop.send(true);
+        task.await.expect("reload task");
+        assert_eq!(crm.metrics.reload_failures.get(), 1);
+        assert_eq!(crm.metrics.reloads.get(), 0);
+        assert!(Arc::ptr_eq(&before, &crm.snapshot.load_full()));
     }
 }

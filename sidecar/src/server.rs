@@ -1,10 +1,9 @@
 //! Accepts connections and serves HTTP/1.1 and HTTP/2 (prior knowledge,
 //! h2c) on them, until told to stop; then lets in-flight requests finish.
 
-use std::sync::Arc;
-
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};

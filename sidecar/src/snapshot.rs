@@ -26,7 +26,6 @@ pub struct Timeouts {
 }
 
 pub struct Snapshot {
-    pub name: String,
     pub target: Target,
     pub auth: Arc<dyn Authenticate>,
     pub signer: Option<Signer>,
@@ -100,7 +99,6 @@ impl Snapshot {
         };
 
         Ok(Self {
-            name: ds.name.clone(),
             target,
             auth,
             signer,
