@@ -2,7 +2,7 @@
 //! answer with a patch, an unchanged pod or a refusal, and count it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
@@ -18,6 +18,9 @@ use super::error::InjectError;
 use super::inject::{self, Decision, SidecarSettings};
 use crate::metrics::Metrics;
 
+/// How long a datasource lookup may take; below the webhook timeout.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Finds a pod's datasources: in the watch cache, else (just created, not
 /// yet seen by the watch) with one GET.
 #[derive(Clone)]
@@ -31,14 +34,21 @@ impl Datasources {
         if let Some(ds) = self.cache.get(&ObjectRef::new(name).within(namespace)) {
             return Ok(Some((*ds).clone()));
         }
-        Api::<ApiDatasource>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| InjectError::Lookup {
-                name: name.to_owned(),
-                namespace: namespace.to_owned(),
-                detail: e.to_string(),
-            })
+        let failed = |detail: String| InjectError::Lookup {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            detail,
+        };
+        let api = Api::<ApiDatasource>::namespaced(self.client.clone(), namespace);
+        // Answer before the API server gives up on the webhook, with a
+        // message that says what happened.
+        match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+            Ok(result) => result.map_err(|e| failed(e.to_string())),
+            Err(_) => Err(failed(format!(
+                "the API server did not answer within {}s",
+                LOOKUP_TIMEOUT.as_secs()
+            ))),
+        }
     }
 }
 
