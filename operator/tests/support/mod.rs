@@ -328,6 +328,8 @@ pub struct OperatorOptions {
     pub lease_duration: u64,
     pub lease_grace: u64,
     pub rust_log: String,
+    /// More flags, after the ones above (the webhook's, for instance).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for OperatorOptions {
@@ -338,6 +340,7 @@ impl Default for OperatorOptions {
             lease_duration: 15,
             lease_grace: 5,
             rust_log: "info".into(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -362,6 +365,7 @@ impl Operator {
             ])
             .args(["--lease-duration", &opts.lease_duration.to_string()])
             .args(["--lease-grace", &opts.lease_grace.to_string()])
+            .args(&opts.extra_args)
             .env("KUBECONFIG", &bed.kubeconfig)
             .env("RUST_LOG", &opts.rust_log)
             .env_remove("POD_NAMESPACE")
@@ -447,6 +451,24 @@ async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>, out: Arc
         out.push_str(&line);
         out.push('\n');
     }
+}
+
+/// `n` distinct ports of 127.0.0.1, free right now: the kernel's picks,
+/// held until all are chosen. Another process could take one before the
+/// caller binds it, which is unlikely.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
+/// A port of 127.0.0.1, free right now.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
 }
 
 /// A PEM bundle of `n` self-signed CA certificates.
