@@ -464,7 +464,7 @@ fn the_deployment_example_asks_for_two_datasources() {
     );
     let text = std::fs::read_to_string(path).expect("example");
     let deployment: k8s_openapi::api::apps::v1::Deployment = yaml(&text);
-    let template = deployment.spec.expect("spec").template;
+    let template = deployment.spec.template;
     let pod = Pod {
         metadata: template.metadata.unwrap_or_default(),
         spec: template.spec,
