@@ -44,6 +44,11 @@ pub enum Error {
         from: String,
         to: String,
     },
+    #[error(
+        "{addr} is already in use by another process (another sidecar?): two proxies on one \
+         port would split the app's connections between them; pick another port"
+    )]
+    AddressInUse { addr: std::net::SocketAddr },
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -139,6 +144,7 @@ impl Error {
             Self::DuplicateDatasourceName { .. } => "duplicate_datasource_name",
             Self::DatasourceRenamed { .. } => "datasource_renamed",
             Self::Bind { .. } => "bind_failed",
+            Self::AddressInUse { .. } => "address_in_use",
             Self::Worker { .. } => "worker_failed",
             Self::ReadDatasource { .. } => "datasource_unreadable",
             Self::Spec { .. } => "invalid_datasource",

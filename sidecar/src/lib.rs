@@ -316,37 +316,60 @@ fn spawn_worker(
     Ok(finished)
 }
 
-/// `count` listening sockets on one address, each with SO_REUSEPORT, so
-/// that each worker accepts on its own. The first one fixes the port when
-/// `addr` asks for port 0. Linux only lets sockets of the same user join.
+/// `count` listening sockets on one address, one per worker. Several get
+/// SO_REUSEPORT, so that each worker accepts on its own; the first one
+/// fixes the port when `addr` asks for port 0.
+///
+/// SO_REUSEPORT would also let a second process of the same user (another
+/// sidecar started on the same port) join the group and silently take a
+/// share of the app's connections. So one worker binds exclusively, and
+/// several bind only after an exclusive bind proved the address free.
 fn bind_shared(
     addr: SocketAddr,
     count: usize,
 ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), Error> {
-    let failed = |e: std::io::Error| Error::Bind {
-        addr,
-        reason: e.to_string(),
+    let failed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Error::AddressInUse { addr }
+        } else {
+            Error::Bind {
+                addr,
+                reason: e.to_string(),
+            }
+        }
     };
+    let shared = count > 1;
     let mut bound = addr;
+    if shared {
+        let probe = socket(addr, false).map_err(failed)?;
+        bound = probe
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(addr);
+    }
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
-        let listener = reuse_port_listener(bound).map_err(failed)?;
+        let socket = socket(bound, shared).map_err(failed)?;
+        socket.listen(1024).map_err(failed)?;
+        let listener: std::net::TcpListener = socket.into();
         bound = listener.local_addr().map_err(failed)?;
         listeners.push(listener);
     }
     Ok((bound, listeners))
 }
 
-fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A non-blocking TCP socket bound to `addr`, not yet listening.
+fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // As tokio's own `bind`: a restart need not wait out TIME_WAIT.
+    // As tokio's own `bind`: a restart need not wait out TIME_WAIT. (It
+    // never lets two listeners share a port; SO_REUSEPORT does.)
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Starts the sidecar and serves until `shutdown` completes.

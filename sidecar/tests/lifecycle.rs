@@ -224,6 +224,58 @@ fn listen_address_off_loopback_is_refused() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sidecar_on_a_taken_port_is_refused() {
+    let pki = Pki::new("upstream");
+    let upstream = Upstream::start(&pki).await;
+    let ws = workspace(&pki);
+    ws.write_datasource(&manifest(&upstream.url(), ""));
+    // The first one runs two workers: its sockets share the port among
+    // themselves (SO_REUSEPORT), which must not let another process join.
+    let first = sidecar::start(&ws);
+    for workers in ["1", "2"] {
+        let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey-sidecar"))
+            .arg("--datasource")
+            .arg(ws.datasource_path())
+            .arg("--secrets-dir")
+            .arg(ws.secrets_dir())
+            .args(["--listen", &first.addr.to_string()])
+            .args(["--worker-threads", workers])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        // One that started would serve until killed: give it a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = second.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = second.kill();
+                let _ = second.wait();
+                panic!(
+                    "{workers} worker(s): a second sidecar started on {}",
+                    first.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!status.success(), "{workers} worker(s): exit {status}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        assert!(
+            stderr.contains(&format!("{} is already in use", first.addr)),
+            "{workers} worker(s): {stderr}"
+        );
+    }
+    // The first one still serves.
+    for _ in 0..20 {
+        get_echo(&first, "/a").await;
+    }
+}
+
 /// Asserts that none of `secrets` occurs in `text`.
 fn assert_absent(what: &str, text: &str, secrets: &[String]) {
     for s in secrets {
