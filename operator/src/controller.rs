@@ -4,7 +4,7 @@
 //! [`configmap_drift`]) and the Secrets they reference, found through
 //! [`SecretsIndex`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     /// Consecutive failures per datasource, for the error policy's backoff.
-    failures: Mutex<HashMap<ObjectRef<ApiDatasource>, u32>>,
+    pub failures: Failures,
 }
 
 impl Context {
@@ -61,13 +61,62 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            failures: Mutex::default(),
+            failures: Failures::default(),
         }
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ApiDatasource>, u32>> {
-        // The map holds plain counters: usable after a panic elsewhere.
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    fn failures(&self) -> std::sync::MutexGuard<'_, FailureCounts> {
+        self.failures.lock()
+    }
+}
+
+type FailureCounts = HashMap<ObjectRef<ApiDatasource>, u32>;
+
+/// Consecutive failures per datasource. A datasource deleted while it
+/// waits for a retry is never reconciled again, so the watch's deletions
+/// (and a relist that no longer returns it) remove its entry.
+#[derive(Default)]
+pub struct Failures {
+    counts: Mutex<FailureCounts>,
+    /// During a relist: the datasources it returned so far.
+    relisted: Mutex<Option<HashSet<ObjectRef<ApiDatasource>>>>,
+}
+
+impl Failures {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FailureCounts> {
+        // Plain counters: usable after a panic elsewhere.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many datasources have failures recorded.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Follows the datasource watch.
+    pub fn observe(&self, event: &watcher::Event<ApiDatasource>) {
+        let mut relisted = self.relisted.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            watcher::Event::Apply(_) => {}
+            watcher::Event::Delete(ds) => {
+                self.lock().remove(&ObjectRef::from_obj(ds));
+            }
+            watcher::Event::Init => *relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(ds) => {
+                if let Some(seen) = relisted.as_mut() {
+                    seen.insert(ObjectRef::from_obj(ds));
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = relisted.take() {
+                    self.lock().retain(|key, _| seen.contains(key));
+                }
+            }
+        }
     }
 }
 
@@ -125,7 +174,11 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
         let current = fresh.status.as_ref();
         let (readiness, desired) = outcome.status(generation, current, now);
         if current != Some(&desired) {
-            if status::is_transition(status::ready_condition(current), &readiness) {
+            let transition = status::is_transition(status::ready_condition(current), &readiness);
+            // The status first: a failed write is retried, and the Event
+            // of the transition must not be published once per attempt.
+            status::apply(&api, &name, &desired).await?;
+            if transition {
                 tracing::info!(
                     datasource = %format!("{namespace}/{name}"),
                     ready = readiness.ready,
@@ -133,9 +186,12 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
                     message = %readiness.message,
                     "Ready changed"
                 );
-                publish_event(&ctx, &ds, &namespace, &name, &readiness).await?;
+                // Best effort, as client-go's recorder: the status holds the
+                // truth, and retrying the reconcile would not repeat this.
+                if let Err(e) = publish_event(&ctx, &ds, &namespace, &name, &readiness).await {
+                    tracing::warn!(error = %e, "cannot publish the Event");
+                }
             }
-            status::apply(&api, &name, &desired).await?;
         }
     }
 
@@ -272,6 +328,7 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
     // are a large part of each object.
     let (reader, writer) = reflector::store();
     let observer = index.clone();
+    let watched = ctx.clone();
     let datasources = watcher(
         api::<ApiDatasource>(&client, &scope),
         watcher::Config::default(),
@@ -280,6 +337,7 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
     .modify(slim)
     .map_ok(move |event| {
         observer.observe(&event);
+        watched.failures.observe(&event);
         event
     })
     .reflect(writer)
@@ -343,6 +401,111 @@ fn slim(ds: &mut ApiDatasource) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn datasource(name: &str) -> ApiDatasource {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sidekey.dev/v1alpha1",
+            "kind": "ApiDatasource",
+            "metadata": {"name": name, "namespace": "shop", "uid": "u-1", "generation": 1},
+            "spec": {"url": "https://h.example/v1", "authentication": {"type": "None"}},
+        }))
+        .expect("datasource")
+    }
+
+    #[test]
+    fn failures_of_a_deleted_datasource_are_forgotten() {
+        let failures = Failures::default();
+        for name in ["a", "b"] {
+            failures
+                .lock()
+                .insert(ObjectRef::from_obj(&datasource(name)), 3);
+        }
+        failures.observe(&watcher::Event::Delete(datasource("a")));
+        assert_eq!(failures.len(), 1);
+        // Deleted while the watch was down: the relist no longer has it.
+        failures.observe(&watcher::Event::Init);
+        failures.observe(&watcher::Event::InitApply(datasource("c")));
+        failures.observe(&watcher::Event::InitDone);
+        assert!(failures.is_empty());
+    }
+
+    /// A client whose API server answers by hand: the status write fails
+    /// with `status_code`, every other request succeeds. Returns the
+    /// requests made, as `METHOD path`.
+    fn scripted_client(status_code: u16, event_code: u16) -> (Client, Arc<Mutex<Vec<String>>>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let log = log.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let line = format!("{} {path}", request.method());
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                let (code, body) = if path.ends_with("/status") && status_code >= 400 {
+                    (
+                        status_code,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "scripted", "reason": "InternalError", "code": status_code}),
+                    )
+                } else if path.contains("/events") {
+                    (
+                        event_code,
+                        serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "x"}),
+                    )
+                } else if path.contains("/configmaps/") {
+                    (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a-sidekey", "namespace": "shop"}}),
+                    )
+                } else {
+                    (
+                        200,
+                        serde_json::to_value(datasource("a")).unwrap_or_default(),
+                    )
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+            }
+        });
+        (Client::new(service, "shop"), seen)
+    }
+
+    fn events_posted(seen: &Mutex<Vec<String>>) -> usize {
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter()
+            .filter(|l| l.starts_with("POST") && l.contains("/events"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_failed_status_write_publishes_no_event_so_retries_do_not_repeat_it() {
+        let (client, seen) = scripted_client(500, 201);
+        let ctx = Arc::new(Context::new(client, Metrics::default(), "test"));
+        for _ in 0..3 {
+            let result = reconcile(Arc::new(datasource("a")), ctx.clone()).await;
+            assert!(result.is_err(), "the status write failed: {result:?}");
+        }
+        let requests = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert!(
+            requests.iter().any(|l| l.ends_with("/status")),
+            "{requests:?}"
+        );
+        assert_eq!(events_posted(&seen), 0, "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn an_event_that_cannot_be_published_does_not_fail_the_reconcile() {
+        let (client, seen) = scripted_client(200, 500);
+        let ctx = Arc::new(Context::new(client, Metrics::default(), "test"));
+        let result = reconcile(Arc::new(datasource("a")), ctx).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(events_posted(&seen), 1);
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_up_to_five_minutes() {
