@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::oauth::{self, BASIC_CLIENT, BASIC_SECRET, BODY_CLIENT, BODY_SECRET, OAuthServer};
@@ -224,6 +224,10 @@ async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_requ
         .metric("sidekey_token_fetches_total{datasource=\"payments\"}")
         .await;
     assert!(fetches >= 4.0, "{fetches} token fetches");
+    // Single flight: 3 s tokens renew every 1.5 s, so 10 s hold at most
+    // seven renewals, the first fetch and one in flight. Four clients
+    // fetching on their own would make many more.
+    assert!(fetches <= 9.0, "{fetches} token fetches in 10 s");
     assert_eq!(
         sidecar
             .metric("sidekey_token_fetch_failures_total{datasource=\"payments\"}")
@@ -381,4 +385,77 @@ async fn authorization_code_refreshes_with_the_rotated_refresh_token() {
     assert!(server.errors().is_empty(), "{:?}", server.errors());
     let tokens = upstream.state.authorizations.lock().expect("lock").len();
     assert!(tokens >= 3, "{tokens} distinct access tokens");
+}
+
+/// A token endpoint that answers every request after `delay` with a token
+/// of `expires_in` seconds, and counts the requests.
+async fn slow_token_endpoint(delay: Duration, expires_in: u64) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                // One request per connection; its body is small.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let body = format!(
+                    r#"{{"access_token":"short-lived","token_type":"bearer","expires_in":{expires_in}}}"#
+                );
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}/token"), hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expired_on_arrival_is_a_failure_that_waiting_requests_share() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    // 1 s tokens that take 1.5 s to arrive: each is expired when stored.
+    let (token_url, hits) = slow_token_endpoint(Duration::from_millis(1500), 1).await;
+    let ws = oauth_workspace(&pki, &upstream.url(), &token_url, "c", "s", "");
+    let sidecar = Arc::new(sidecar::start(&ws));
+    let mut requests = Vec::new();
+    for _ in 0..6 {
+        let sidecar = sidecar.clone();
+        requests.push(tokio::spawn(async move {
+            let response = client()
+                .get(sidecar.url("/a"))
+                .send()
+                .await
+                .expect("request");
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }));
+    }
+    for request in requests {
+        let (status, body) = request.await.expect("request task");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("expired before it arrived"), "{body}");
+    }
+    // The waiting requests took the first fetch's answer instead of each
+    // fetching again in turn; the loop's retry may have started since.
+    let made = hits.load(Ordering::SeqCst);
+    assert!(made <= 3, "{made} token requests for 6 waiting requests");
 }

@@ -215,13 +215,24 @@ impl OAuth2 {
                 Credential::query(names::ACCESS_TOKEN_QUERY_PARAMETER, token)
             }
         };
-        let lifetime = issued.expires_in.unwrap_or(self.default_lifetime);
+        let lifetime = schedule::lifetime(issued.expires_in, self.default_lifetime);
         // Counted from when the request left: never later than the server's clock.
+        let usable_until = sent_at + lifetime - schedule::skew(lifetime);
+        if usable_until <= Instant::now() {
+            // A failure, not a token: so that requests waiting for this
+            // fetch do not each fetch again, and the loop backs off.
+            return Err(format!(
+                "the token endpoint issued a token that expired before it arrived \
+                 (lifetime {:.1}s, the request took {:.1}s): give tokens a longer lifetime",
+                lifetime.as_secs_f64(),
+                sent_at.elapsed().as_secs_f64()
+            ));
+        }
         let credential = Arc::new(credential);
         self.token.store(Some(Arc::new(Token {
             credential: credential.clone(),
             expires_at: sent_at + lifetime,
-            usable_until: sent_at + lifetime - schedule::skew(lifetime),
+            usable_until,
             renew_at: sent_at + schedule::renew_after(lifetime),
         })));
         if let Some(rotated) = issued.refresh_token

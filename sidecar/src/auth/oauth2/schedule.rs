@@ -8,6 +8,15 @@ const MAX_MARGIN: Duration = Duration::from_secs(30);
 /// First wait after a failed token request; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest lifetime believed: a token is renewed at least yearly, and an
+/// absurd `expires_in` cannot overflow the clock arithmetic.
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The lifetime of a token: what the endpoint announced, else the
+/// datasource's default, at most a year.
+pub fn lifetime(announced: Option<Duration>, default: Duration) -> Duration {
+    announced.unwrap_or(default).min(MAX_LIFETIME)
+}
 
 /// How long after issue a token of `lifetime` is renewed: at 80% of its
 /// lifetime, or earlier so that at least 30 s remain, but never before
@@ -65,6 +74,20 @@ mod tests {
         assert_eq!(backoff(3, 0.0), s(2));
         assert_eq!(backoff(30, 0.0), s(30));
         assert!(backoff(30, 1.0) <= s(60));
+    }
+
+    #[test]
+    fn an_absurd_lifetime_is_capped_at_a_year() {
+        let year = s(365 * 24 * 3600);
+        assert_eq!(lifetime(Some(Duration::MAX), s(3600)), year);
+        assert_eq!(lifetime(Some(s(u64::MAX)), s(3600)), year);
+        assert_eq!(lifetime(None, s(3600)), s(3600));
+        assert_eq!(lifetime(Some(s(60)), s(3600)), s(60));
+        // The deadlines of a capped token are computable.
+        let now = std::time::Instant::now();
+        let l = lifetime(Some(Duration::MAX), s(1));
+        assert!(now.checked_add(l).is_some());
+        assert!(renew_after(l) < l);
     }
 
     #[test]
