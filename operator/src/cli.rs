@@ -46,10 +46,16 @@ pub struct Args {
     #[arg(long, env = "SIDEKEY_LEASE_DURATION", default_value_t = 15)]
     pub lease_duration: u64,
 
-    /// Seconds before expiry the leader renews its claim; a leader that
-    /// has not renewed with half of this left stops leading.
-    #[arg(long, env = "SIDEKEY_LEASE_GRACE", default_value_t = 5)]
-    pub lease_grace: u64,
+    /// Seconds a leader keeps leading without a successful renewal (an
+    /// API server that does not answer for that long costs the
+    /// leadership); less than the lease duration.
+    #[arg(long, env = "SIDEKEY_LEASE_RENEW_DEADLINE", default_value_t = 10)]
+    pub lease_renew_deadline: u64,
+
+    /// Seconds between the leader's renewals (and retries of a failed
+    /// one); less than the renew deadline.
+    #[arg(long, env = "SIDEKEY_LEASE_RETRY_PERIOD", default_value_t = 2)]
+    pub lease_retry_period: u64,
 
     /// Watch only this namespace instead of the whole cluster.
     #[arg(long, env = "SIDEKEY_WATCH_NAMESPACE")]
@@ -199,7 +205,8 @@ impl Args {
             namespace: self.lease_namespace.clone(),
             identity: self.identity(),
             duration_seconds: self.lease_duration,
-            grace_seconds: self.lease_grace,
+            renew_deadline_seconds: self.lease_renew_deadline,
+            retry_period_seconds: self.lease_retry_period,
         }
     }
 }

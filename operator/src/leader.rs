@@ -17,10 +17,12 @@
 //!   once; another's claim counts as expired a lease duration after this
 //!   process last saw it change, by its own clock, so clock skew between
 //!   nodes cannot shorten a claim.
-//! - The leader renews `grace` seconds before its claim expires, retrying
-//!   until half the grace is left (the renew deadline). Failing that, it
-//!   stops leading: no standby can take the claim earlier, since each saw
-//!   the last renewal no sooner than it was sent.
+//! - The leader renews every retry period (2 s by default), and stops
+//!   leading when no renewal has succeeded for the renew deadline (10 s),
+//!   client-go's defaults: an API server that pauses for several seconds
+//!   costs no leadership. No standby can take the claim earlier, since the
+//!   deadline is shorter than the lease duration and each standby saw the
+//!   last renewal no sooner than it was sent.
 //! - A graceful stop releases the Lease, and watching standbys take it
 //!   within one round trip.
 
@@ -53,22 +55,27 @@ pub struct LeaseConfig {
     pub identity: String,
     /// How long a holder's claim lasts without renewal, in seconds.
     pub duration_seconds: u64,
-    /// How long before expiry the holder renews, in seconds; less than
-    /// `duration_seconds`. A leader that has not renewed when half of it
-    /// is left stops leading.
-    pub grace_seconds: u64,
+    /// How long a leader keeps leading without a successful renewal, in
+    /// seconds; less than `duration_seconds`.
+    pub renew_deadline_seconds: u64,
+    /// How often the leader renews (and retries a failed renewal), in
+    /// seconds; less than `renew_deadline_seconds`.
+    pub retry_period_seconds: u64,
 }
 
 impl LeaseConfig {
     /// The timing must allow a renewal before expiry.
     pub fn check(&self) -> Result<(), String> {
-        if self.duration_seconds == 0 || self.grace_seconds == 0 {
-            return Err("lease duration and grace must be at least 1 second".into());
+        if self.retry_period_seconds == 0 {
+            return Err("the lease retry period must be at least 1 second".into());
         }
-        if self.grace_seconds >= self.duration_seconds {
+        if self.retry_period_seconds >= self.renew_deadline_seconds
+            || self.renew_deadline_seconds >= self.duration_seconds
+        {
             return Err(format!(
-                "lease grace ({} s) must be less than the lease duration ({} s)",
-                self.grace_seconds, self.duration_seconds
+                "the lease retry period ({} s) must be less than the renew deadline ({} s), \
+                 and that less than the lease duration ({} s)",
+                self.retry_period_seconds, self.renew_deadline_seconds, self.duration_seconds
             ));
         }
         if i32::try_from(self.duration_seconds).is_err() {
@@ -86,15 +93,13 @@ impl LeaseConfig {
 
     /// From a successful claim or renewal to the next renewal.
     fn renew_after(&self) -> Duration {
-        self.duration()
-            .saturating_sub(Duration::from_secs(self.grace_seconds))
+        Duration::from_secs(self.retry_period_seconds)
     }
 
     /// From a successful claim or renewal to the moment a leader that has
     /// not renewed since stops leading.
     fn renew_deadline(&self) -> Duration {
-        self.duration()
-            .saturating_sub(Duration::from_millis(self.grace_seconds * 500))
+        Duration::from_secs(self.renew_deadline_seconds)
     }
 }
 
@@ -374,9 +379,17 @@ impl Elector {
     /// renewed in time. `renewed`: when the last successful write was sent.
     async fn lead(&mut self, mut renewed: Instant) -> Ended {
         loop {
+            // Biased: a renewal that is due goes first, however many Lease
+            // events keep arriving.
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Ended::Stopped,
+                _ = sleep_until(renewed + self.config.renew_after()) => {
+                    match self.renew(renewed).await {
+                        Ok(sent) => renewed = sent,
+                        Err(why) => return Ended::Lost(why),
+                    }
+                }
                 Some(lease) = self.events.recv() => {
                     let holder = lease.as_ref().and_then(|l| l.spec.as_ref()?.holder_identity.clone());
                     if holder.as_deref() != Some(self.config.identity.as_str()) {
@@ -388,12 +401,6 @@ impl Elector {
                         {
                             return Ended::Lost(self.taken_by());
                         }
-                    }
-                }
-                _ = sleep_until(renewed + self.config.renew_after()) => {
-                    match self.renew(renewed).await {
-                        Ok(sent) => renewed = sent,
-                        Err(why) => return Ended::Lost(why),
                     }
                 }
             }
@@ -618,13 +625,14 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    fn config(duration: u64, grace: u64) -> LeaseConfig {
+    fn config(duration: u64, deadline: u64, retry: u64) -> LeaseConfig {
         LeaseConfig {
             name: "l".into(),
             namespace: "n".into(),
             identity: "me".into(),
             duration_seconds: duration,
-            grace_seconds: grace,
+            renew_deadline_seconds: deadline,
+            retry_period_seconds: retry,
         }
     }
 
@@ -645,24 +653,27 @@ mod tests {
     }
 
     #[test]
-    fn grace_must_be_shorter_than_the_lease() {
-        assert!(config(15, 5).check().is_ok());
-        assert!(config(5, 5).check().is_err());
-        assert!(config(5, 0).check().is_err());
-        assert!(config(u64::from(u32::MAX), 5).check().is_err());
+    fn retry_period_renew_deadline_and_lease_must_grow() {
+        assert!(config(15, 10, 2).check().is_ok());
+        assert!(config(15, 15, 2).check().is_err());
+        assert!(config(15, 10, 10).check().is_err());
+        assert!(config(15, 10, 0).check().is_err());
+        assert!(config(u64::from(u32::MAX), 10, 2).check().is_err());
     }
 
     #[test]
-    fn leader_renews_at_the_grace_and_gives_up_at_half_of_it() {
-        let c = config(15, 5);
-        assert_eq!(c.renew_after(), Duration::from_secs(10));
-        assert_eq!(c.renew_deadline(), Duration::from_millis(12_500));
+    fn leader_renews_every_retry_period_and_gives_up_at_the_renew_deadline() {
+        let c = config(15, 10, 2);
+        assert_eq!(c.renew_after(), Duration::from_secs(2));
+        assert_eq!(c.renew_deadline(), Duration::from_secs(10));
+        // An API server may pause for most of the deadline: four renewals
+        // fit before it, and a standby waits the whole lease.
         assert!(c.renew_deadline() < c.duration());
     }
 
     #[test]
     fn another_holders_claim_expires_a_lease_duration_after_it_was_seen_to_change() {
-        let c = config(5, 2);
+        let c = config(5, 3, 1);
         let t0 = Instant::now();
         let seen = |lease| Seen {
             lease,

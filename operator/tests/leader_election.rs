@@ -18,9 +18,10 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use support::{Bed, Operator, OperatorOptions, WAIT};
 
-/// Short enough for a test, long enough for two renewals per term.
+/// Short enough for a test, long enough for several renewals per term.
 const LEASE_SECONDS: u64 = 5;
-const GRACE_SECONDS: u64 = 2;
+const RENEW_DEADLINE_SECONDS: u64 = 3;
+const RETRY_PERIOD_SECONDS: u64 = 1;
 /// Beyond the lease duration, what a takeover after SIGKILL may take: the
 /// claim, then the new leader's first list and reconcile, on a busy
 /// 2-core machine.
@@ -35,7 +36,8 @@ fn options(identity: &str, lease: &str) -> OperatorOptions {
         identity: identity.into(),
         lease_name: lease.into(),
         lease_duration: LEASE_SECONDS,
-        lease_grace: GRACE_SECONDS,
+        lease_renew_deadline: RENEW_DEADLINE_SECONDS,
+        lease_retry_period: RETRY_PERIOD_SECONDS,
         ..Default::default()
     }
 }
@@ -125,12 +127,13 @@ async fn standby_reconciles_within_the_lease_duration_after_the_leader_is_killed
 async fn leader_stopped_with_sigterm_releases_the_lease_and_the_standby_reconciles_at_once() {
     let bed = Bed::new("op-le-term").await;
     let lease = "le-term";
-    // The default timing (15 s, renewed with 5 s left): the claim always
-    // has at least the grace left, so a standby that waited for it to
-    // expire instead of seeing it released would miss the bound below.
+    // The default timing (15 s lease, renewed every 2 s): the claim always
+    // has at least 13 s left, so a standby that waited for it to expire
+    // instead of seeing it released would miss the bound below.
     let timing = |identity: &str| OperatorOptions {
         lease_duration: 15,
-        lease_grace: 5,
+        lease_renew_deadline: 10,
+        lease_retry_period: 2,
         ..options(identity, lease)
     };
     let (mut leader, standby) =
@@ -301,4 +304,130 @@ async fn leader_whose_lease_is_taken_stops_reconciling_and_exits() {
         "{}",
         leader.logs()
     );
+}
+
+/// A TCP proxy in front of the API server that can stop passing bytes,
+/// both ways and for new connections too: to the operator, an API server
+/// that does not answer.
+struct PausableProxy {
+    addr: std::net::SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl PausableProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (paused, watching) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((app, _)) = listener.accept().await {
+                let mut gate = watching.clone();
+                tokio::spawn(async move {
+                    let _ = gate.wait_for(|p| !*p).await;
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (app_read, app_write) = app.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pipe(app_read, server_write, gate.clone()),
+                        pipe(server_read, app_write, gate),
+                    );
+                });
+            }
+        });
+        Self { addr, paused }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the gate is closed.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if gate.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The API server's address, from the operator's kubeconfig.
+fn api_server(bed: &Bed) -> (String, std::net::SocketAddr) {
+    let text = std::fs::read_to_string(&bed.kubeconfig).expect("kubeconfig");
+    let start = text.find("https://").expect("server URL") + "https://".len();
+    let end = start + text[start..].find('\'').expect("quoted server URL");
+    let server = text[start..end].parse().expect("server address");
+    (text, server)
+}
+
+/// The operator's kubeconfig with the API server replaced by `proxy`.
+fn kubeconfig_through(
+    bed: &Bed,
+    proxy: std::net::SocketAddr,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let (text, server) = api_server(bed);
+    let path = dir.join("kubeconfig-proxied");
+    std::fs::write(&path, text.replace(&server.to_string(), &proxy.to_string())).expect("write");
+    path
+}
+
+async fn renew_time(bed: &Bed, lease: &str) -> Option<MicroTime> {
+    leases(bed).get_opt(lease).await.ok()??.spec?.renew_time
+}
+
+#[tokio::test]
+async fn the_leader_keeps_leading_through_a_five_second_api_server_pause() {
+    let bed = Bed::new("op-le-pause").await;
+    let lease = "le-pause";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = PausableProxy::start(api_server(&bed).1).await;
+    let kubeconfig = kubeconfig_through(&bed, proxy.addr, dir.path());
+    // The default timing: a 15 s lease.
+    let leader = bed.start_operator(OperatorOptions {
+        identity: "operator-a".into(),
+        lease_name: lease.into(),
+        kubeconfig: Some(kubeconfig),
+        ..Default::default()
+    });
+    sidekey_tests::wait_for("operator-a to lead", WAIT, || async {
+        (holder(&bed, lease).await.as_deref() == Some("operator-a")).then_some(())
+    })
+    .await;
+    // Pause right before a renewal would be due under the old timing
+    // (renewed 10 s after the last), long enough to pass its deadline.
+    let seen = renew_time(&bed, lease).await;
+    sidekey_tests::wait_for("a renewal", WAIT, || async {
+        (renew_time(&bed, lease).await != seen).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.pause(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.pause(false);
+    // Renewals go on, from the same process, which still leads.
+    let before = renew_time(&bed, lease).await;
+    sidekey_tests::wait_for("a renewal after the pause", WAIT, || async {
+        (renew_time(&bed, lease).await != before).then_some(())
+    })
+    .await;
+    assert_eq!(holder(&bed, lease).await.as_deref(), Some("operator-a"));
+    let logs = leader.logs();
+    assert!(!logs.contains("lost leadership"), "{logs}");
+    assert!(became_leader(&leader), "{logs}");
 }

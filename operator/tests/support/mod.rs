@@ -326,10 +326,14 @@ pub struct OperatorOptions {
     pub identity: String,
     pub lease_name: String,
     pub lease_duration: u64,
-    pub lease_grace: u64,
+    pub lease_renew_deadline: u64,
+    pub lease_retry_period: u64,
     pub rust_log: String,
     /// More flags, after the ones above (the webhook's, for instance).
     pub extra_args: Vec<String>,
+    /// Another kubeconfig for the operator's ServiceAccount (one reaching
+    /// the API server through a proxy, say) instead of the bed's.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Default for OperatorOptions {
@@ -338,9 +342,11 @@ impl Default for OperatorOptions {
             identity: "operator-a".into(),
             lease_name: "sidekey-operator".into(),
             lease_duration: 15,
-            lease_grace: 5,
+            lease_renew_deadline: 10,
+            lease_retry_period: 2,
             rust_log: "info".into(),
             extra_args: Vec::new(),
+            kubeconfig: None,
         }
     }
 }
@@ -364,9 +370,16 @@ impl Operator {
                 &opts.identity,
             ])
             .args(["--lease-duration", &opts.lease_duration.to_string()])
-            .args(["--lease-grace", &opts.lease_grace.to_string()])
+            .args([
+                "--lease-renew-deadline",
+                &opts.lease_renew_deadline.to_string(),
+            ])
+            .args(["--lease-retry-period", &opts.lease_retry_period.to_string()])
             .args(&opts.extra_args)
-            .env("KUBECONFIG", &bed.kubeconfig)
+            .env(
+                "KUBECONFIG",
+                opts.kubeconfig.as_ref().unwrap_or(&bed.kubeconfig),
+            )
             .env("RUST_LOG", &opts.rust_log)
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
