@@ -11,6 +11,6 @@ pub mod secret;
 pub use datasource::*;
 pub use resolved::{
     ResolvedAuthentication, ResolvedDatasource, ResolvedOAuth2, ResolvedSignature, ResolvedTls,
-    SecretFile, SpecError,
+    SecretFile, SecretPurpose, SecretUse, SpecError,
 };
 pub use secret::SecretValue;

@@ -304,24 +304,149 @@ impl Authentication {
     }
 }
 
+/// What a referenced secret value is for; it decides what is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretPurpose {
+    /// A password, key, token or client secret: it must exist.
+    Credential,
+    /// The HMAC key of the signature header: at least 32 characters.
+    SignatureKey,
+    /// A PEM bundle of CA certificates: at least one parsable certificate.
+    CaBundle,
+}
+
+/// One secret a datasource reads: the spec field that names it (for
+/// messages that say what to fix), where it is, and what for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse<'a> {
+    pub field: &'static str,
+    pub file: &'a SecretFile,
+    pub purpose: SecretPurpose,
+}
+
+impl ResolvedAuthentication {
+    /// The secret the scheme is built from, with the field naming it: the
+    /// one place that knows which secret each authentication type uses.
+    pub fn credential(&self) -> Option<(&'static str, &SecretFile)> {
+        match self {
+            Self::None => None,
+            Self::Basic { password, .. } => {
+                Some(("spec.authentication.basic.passwordSecretRef", password))
+            }
+            Self::ApiKey { value, .. } => {
+                Some(("spec.authentication.apiKey.valueSecretRef", value))
+            }
+            Self::BearerToken { token } => {
+                Some(("spec.authentication.bearerToken.tokenSecretRef", token))
+            }
+            Self::OAuth2(o) => Some((
+                "spec.authentication.oauth2.clientSecretRef",
+                &o.client_secret,
+            )),
+        }
+    }
+
+    /// The type, as `spec.authentication.type` names it.
+    pub fn type_(&self) -> AuthenticationType {
+        match self {
+            Self::None => AuthenticationType::None,
+            Self::Basic { .. } => AuthenticationType::Basic,
+            Self::ApiKey { .. } => AuthenticationType::ApiKey,
+            Self::BearerToken { .. } => AuthenticationType::BearerToken,
+            Self::OAuth2(_) => AuthenticationType::OAuth2,
+        }
+    }
+}
+
+impl ApiDatasourceSpec {
+    /// Every Secret reference the spec holds, with its field, in every
+    /// authentication block present whatever the type, valid or not: a
+    /// datasource waiting for a Secret must be woken when it appears.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
+        let a = &self.authentication;
+        let refs = [
+            (
+                "spec.authentication.basic.passwordSecretRef",
+                a.basic.as_ref().map(|b| &b.password_secret_ref),
+            ),
+            (
+                "spec.authentication.oauth2.clientSecretRef",
+                a.oauth2.as_ref().map(|o| &o.client_secret_ref),
+            ),
+            (
+                "spec.authentication.apiKey.valueSecretRef",
+                a.api_key.as_ref().map(|k| &k.value_secret_ref),
+            ),
+            (
+                "spec.authentication.bearerToken.tokenSecretRef",
+                a.bearer_token.as_ref().map(|b| &b.token_secret_ref),
+            ),
+            (
+                "spec.signature.secretRef",
+                self.signature.as_ref().map(|s| &s.secret_ref),
+            ),
+            (
+                "spec.tls.caCertificateSecretRef",
+                self.tls
+                    .as_ref()
+                    .and_then(|t| t.ca_certificate_secret_ref.as_ref()),
+            ),
+        ];
+        refs.into_iter()
+            .filter_map(|(field, r)| Some((field, r?)))
+            .collect()
+    }
+}
+
 impl ResolvedDatasource {
-    /// Every secret the datasource reads, in a stable order.
-    pub fn secret_files(&self) -> Vec<&SecretFile> {
-        let mut files = Vec::new();
-        match &self.authentication {
-            ResolvedAuthentication::None => {}
-            ResolvedAuthentication::Basic { password, .. } => files.push(password),
-            ResolvedAuthentication::ApiKey { value, .. } => files.push(value),
-            ResolvedAuthentication::BearerToken { token } => files.push(token),
-            ResolvedAuthentication::OAuth2(o) => files.push(&o.client_secret),
+    /// Every secret the datasource reads, in spec order: the operator
+    /// checks them, the webhook mounts them, the sidecar reads them.
+    pub fn secret_uses(&self) -> Vec<SecretUse<'_>> {
+        let mut uses = Vec::new();
+        if let Some((field, file)) = self.authentication.credential() {
+            uses.push(SecretUse {
+                field,
+                file,
+                purpose: SecretPurpose::Credential,
+            });
         }
         if let Some(s) = &self.signature {
-            files.push(&s.secret);
+            uses.push(SecretUse {
+                field: "spec.signature.secretRef",
+                file: &s.secret,
+                purpose: SecretPurpose::SignatureKey,
+            });
         }
         if let Some(ca) = &self.tls.ca_certificate {
-            files.push(ca);
+            uses.push(SecretUse {
+                field: "spec.tls.caCertificateSecretRef",
+                file: ca,
+                purpose: SecretPurpose::CaBundle,
+            });
         }
-        files
+        uses
+    }
+
+    /// Every secret the datasource reads, in spec order.
+    pub fn secret_files(&self) -> Vec<&SecretFile> {
+        self.secret_uses().into_iter().map(|u| u.file).collect()
+    }
+
+    /// For the authorization-code grant: the refresh token the operator
+    /// stores in `<datasource>-sidekey-oauth`, which the webhook mounts
+    /// (optional: absent until a person authorizes) and the sidecar reads.
+    pub fn refresh_token_file(&self) -> Option<SecretFile> {
+        match &self.authentication {
+            ResolvedAuthentication::OAuth2(o) if o.grant_type == GrantType::AuthorizationCode => {
+                let secret = names::oauth_token_secret_name(&self.name);
+                Some(SecretFile {
+                    path: names::secret_file_path(&secret, names::REFRESH_TOKEN_KEY),
+                    secret,
+                    key: names::REFRESH_TOKEN_KEY.to_owned(),
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Parses a datasource file: an `ApiDatasource` manifest or the resolved
@@ -485,6 +610,60 @@ spec:
         );
         let err = parse(&yaml).expect_err("needs urls");
         assert!(err.to_string().contains("authorizationUrl"), "{err}");
+    }
+
+    #[test]
+    fn secret_uses_name_each_field_with_its_purpose() {
+        let r = parse(OAUTH).expect("valid");
+        let uses: Vec<(&str, &str, SecretPurpose)> = r
+            .secret_uses()
+            .iter()
+            .map(|u| (u.field, u.file.path.as_str(), u.purpose))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                (
+                    "spec.authentication.oauth2.clientSecretRef",
+                    "payments-oauth/client-secret",
+                    SecretPurpose::Credential
+                ),
+                (
+                    "spec.signature.secretRef",
+                    "signing/key",
+                    SecretPurpose::SignatureKey
+                ),
+            ]
+        );
+        assert_eq!(r.authentication.type_(), AuthenticationType::OAuth2);
+        assert!(r.refresh_token_file().is_none());
+    }
+
+    #[test]
+    fn the_authorization_code_grant_reads_the_operators_refresh_token() {
+        let yaml = OAUTH.replace(
+            "scopes: [ payments.read ]",
+            "scopes: [ a ]\n      grantType: AuthorizationCode\n      authorizationUrl: https://a/authorize\n      redirectUrl: https://s/oauth2/callback",
+        );
+        let file = parse(&yaml)
+            .expect("valid")
+            .refresh_token_file()
+            .expect("file");
+        assert_eq!(file.path, "payments-sidekey-oauth/refresh-token");
+    }
+
+    #[test]
+    fn spec_secret_refs_cover_every_block_present_whatever_the_type() {
+        let yaml = OAUTH.replace("type: OAuth2", "type: Basic");
+        let ds: ApiDatasource = serde_saphyr::from_str(&yaml).expect("manifest");
+        let fields: Vec<&str> = ds.spec.secret_refs().iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.authentication.oauth2.clientSecretRef",
+                "spec.signature.secretRef"
+            ]
+        );
     }
 
     #[test]

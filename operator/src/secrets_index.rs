@@ -132,18 +132,10 @@ fn key_of(ds: &ApiDatasource) -> Key {
 /// Every Secret a spec names, whether or not the spec is otherwise valid
 /// (a datasource waiting for a Secret must be woken when it appears).
 pub fn referenced_secrets(spec: &ApiDatasourceSpec) -> BTreeSet<String> {
-    let a = &spec.authentication;
-    let refs = [
-        a.basic.as_ref().map(|b| &b.password_secret_ref),
-        a.oauth2.as_ref().map(|o| &o.client_secret_ref),
-        a.api_key.as_ref().map(|k| &k.value_secret_ref),
-        a.bearer_token.as_ref().map(|b| &b.token_secret_ref),
-        spec.signature.as_ref().map(|s| &s.secret_ref),
-        spec.tls
-            .as_ref()
-            .and_then(|t| t.ca_certificate_secret_ref.as_ref()),
-    ];
-    refs.into_iter().flatten().map(|r| r.name.clone()).collect()
+    spec.secret_refs()
+        .into_iter()
+        .map(|(_, r)| r.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,74 +11,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sidekey_crds::names::MIN_SIGNATURE_KEY_LEN;
 use sidekey_crds::{
-    ApiDatasource, ResolvedAuthentication, ResolvedDatasource, SecretFile, SecretValue,
+    ApiDatasource, ResolvedDatasource, SecretFile, SecretPurpose, SecretUse, SecretValue,
 };
 
 use crate::error::{Error, Result};
-
-/// What a referenced secret value is for; it decides what is checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
-    /// A password, key, token or client secret: it must exist.
-    Credential,
-    /// The HMAC key of the signature header: at least 32 characters.
-    SignatureKey,
-    /// A PEM bundle of CA certificates: at least one parsable certificate.
-    CaBundle,
-}
-
-/// One secret reference of a datasource, with the spec field that names it
-/// (for messages that say what to fix).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretUse<'a> {
-    pub field: &'static str,
-    pub file: &'a SecretFile,
-    pub purpose: Purpose,
-}
-
-/// Every secret reference of a resolved datasource, in spec order.
-pub fn secret_uses(r: &ResolvedDatasource) -> Vec<SecretUse<'_>> {
-    let credential = |field, file| SecretUse {
-        field,
-        file,
-        purpose: Purpose::Credential,
-    };
-    let mut uses = Vec::new();
-    match &r.authentication {
-        ResolvedAuthentication::None => {}
-        ResolvedAuthentication::Basic { password, .. } => uses.push(credential(
-            "spec.authentication.basic.passwordSecretRef",
-            password,
-        )),
-        ResolvedAuthentication::ApiKey { value, .. } => uses.push(credential(
-            "spec.authentication.apiKey.valueSecretRef",
-            value,
-        )),
-        ResolvedAuthentication::BearerToken { token } => uses.push(credential(
-            "spec.authentication.bearerToken.tokenSecretRef",
-            token,
-        )),
-        ResolvedAuthentication::OAuth2(o) => uses.push(credential(
-            "spec.authentication.oauth2.clientSecretRef",
-            &o.client_secret,
-        )),
-    }
-    if let Some(s) = &r.signature {
-        uses.push(SecretUse {
-            field: "spec.signature.secretRef",
-            file: &s.secret,
-            purpose: Purpose::SignatureKey,
-        });
-    }
-    if let Some(ca) = &r.tls.ca_certificate {
-        uses.push(SecretUse {
-            field: "spec.tls.caCertificateSecretRef",
-            file: ca,
-            purpose: Purpose::CaBundle,
-        });
-    }
-    uses
-}
 
 /// The referenced keys of the referenced Secrets, as read now: `None` for
 /// a Secret that does not exist. Keys nobody references are not kept.
@@ -140,7 +76,7 @@ pub struct Validated {
 /// an API failure.
 pub async fn validate(ds: &ApiDatasource, secrets: &Api<Secret>) -> Result<Validated> {
     let resolved = ds.resolve()?;
-    let fetched = FetchedSecrets::fetch(secrets, &secret_uses(&resolved)).await?;
+    let fetched = FetchedSecrets::fetch(secrets, &resolved.secret_uses()).await?;
     check(resolved, &fetched)
 }
 
@@ -149,7 +85,7 @@ pub async fn validate(ds: &ApiDatasource, secrets: &Api<Secret>) -> Result<Valid
 pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<Validated> {
     let namespace = resolved.namespace.clone().unwrap_or_default();
     let mut ca_certificates = None;
-    for u in secret_uses(&resolved) {
+    for u in resolved.secret_uses() {
         let SecretFile { secret, key, .. } = u.file;
         let data = match fetched.get(secret) {
             Some(Some(data)) => data,
@@ -172,8 +108,8 @@ pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<V
             });
         };
         match u.purpose {
-            Purpose::Credential => {}
-            Purpose::SignatureKey => {
+            SecretPurpose::Credential => {}
+            SecretPurpose::SignatureKey => {
                 // Counted as the sidecar uses it: without a trailing newline.
                 let len = value.clone().trim_trailing_newline().char_len();
                 if len < MIN_SIGNATURE_KEY_LEN {
@@ -184,7 +120,7 @@ pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<V
                     });
                 }
             }
-            Purpose::CaBundle => {
+            SecretPurpose::CaBundle => {
                 let count =
                     count_certificates(value).map_err(|detail| Error::InvalidCertificate {
                         secret: secret.clone(),

@@ -230,7 +230,7 @@ fn load(
     tracing::info!(
         datasource = name,
         upstream = %sources.datasource.url,
-        authentication = auth_type(&sources.datasource.authentication),
+        authentication = sources.datasource.authentication.type_().as_str(),
         signature = sources.datasource.signature.is_some(),
         "configuration loaded"
     );
@@ -393,17 +393,6 @@ fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, E
         addr: asked,
         reason: e.to_string(),
     })
-}
-
-fn auth_type(auth: &sidekey_crds::ResolvedAuthentication) -> &'static str {
-    use sidekey_crds::ResolvedAuthentication as A;
-    match auth {
-        A::None => "None",
-        A::Basic { .. } => "Basic",
-        A::ApiKey { .. } => "ApiKey",
-        A::BearerToken { .. } => "BearerToken",
-        A::OAuth2(_) => "OAuth2",
-    }
 }
 
 #[cfg(test)]

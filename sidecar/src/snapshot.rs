@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sidekey_crds::{ResolvedAuthentication, SecretFile, SecretValue};
+use sidekey_crds::{ResolvedAuthentication, SecretValue};
 
 use crate::auth::{self, Authenticate};
 use crate::error::Error;
@@ -76,7 +76,9 @@ impl Snapshot {
 
         let auth_inputs = (
             ds.authentication.clone(),
-            auth_secret(&ds.authentication)
+            ds.authentication
+                .credential()
+                .map(|(_, file)| file)
                 .map(|f| sources.secret(f).cloned())
                 .transpose()?,
             sources.refresh_token.clone(),
@@ -107,16 +109,5 @@ impl Snapshot {
             tls_inputs,
             auth_inputs,
         })
-    }
-}
-
-/// The secret an authentication scheme is built from.
-fn auth_secret(auth: &ResolvedAuthentication) -> Option<&SecretFile> {
-    match auth {
-        ResolvedAuthentication::None => None,
-        ResolvedAuthentication::Basic { password, .. } => Some(password),
-        ResolvedAuthentication::ApiKey { value, .. } => Some(value),
-        ResolvedAuthentication::BearerToken { token } => Some(token),
-        ResolvedAuthentication::OAuth2(o) => Some(&o.client_secret),
     }
 }

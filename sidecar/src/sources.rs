@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::{Component, Path, PathBuf};
 
-use sidekey_crds::{
-    GrantType, ResolvedAuthentication, ResolvedDatasource, SecretFile, SecretValue, names,
-};
+use sidekey_crds::{ResolvedDatasource, SecretFile, SecretValue};
 
 use crate::error::Error;
 
@@ -113,7 +111,7 @@ impl Locations {
             return Err(e);
         }
 
-        let refresh_token = match refresh_token_file(&datasource) {
+        let refresh_token = match datasource.refresh_token_file() {
             Some(file) => match self.read_secret(&file) {
                 Ok(value) => {
                     value.expose().hash(hasher);
@@ -157,22 +155,6 @@ impl Locations {
             reason: e.to_string(),
         })?;
         Ok(SecretValue::new(bytes).trim_trailing_newline())
-    }
-}
-
-/// The Secret file holding the operator's refresh token for `datasource`,
-/// when it uses the authorization-code grant.
-pub fn refresh_token_file(datasource: &ResolvedDatasource) -> Option<SecretFile> {
-    match &datasource.authentication {
-        ResolvedAuthentication::OAuth2(o) if o.grant_type == GrantType::AuthorizationCode => {
-            let secret = names::oauth_token_secret_name(&datasource.name);
-            Some(SecretFile {
-                path: names::secret_file_path(&secret, names::REFRESH_TOKEN_KEY),
-                secret,
-                key: names::REFRESH_TOKEN_KEY.to_owned(),
-            })
-        }
-        _ => None,
     }
 }
 

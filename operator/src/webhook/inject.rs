@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sidekey_crds::{ApiDatasource, GrantType, ResolvedAuthentication, names};
+use sidekey_crds::{ApiDatasource, names};
 
 use super::annotation::{self, Assignment};
 use super::error::InjectError;
@@ -170,15 +170,13 @@ pub fn inject(
                     entry.0.insert(file.key.clone());
                     entry.1 = false;
                 }
-                if let ResolvedAuthentication::OAuth2(o) = &resolved.authentication
-                    && o.grant_type == GrantType::AuthorizationCode
-                {
+                if let Some(file) = resolved.refresh_token_file() {
                     // Absent until a person authorizes: optional, so the pod
                     // starts and the sidecar says what it waits for.
                     let entry = secret_keys
-                        .entry(names::oauth_token_secret_name(name))
+                        .entry(file.secret)
                         .or_insert_with(|| (BTreeSet::new(), true));
-                    entry.0.insert(names::REFRESH_TOKEN_KEY.to_owned());
+                    entry.0.insert(file.key);
                 }
             }
             Err(e) => warnings.push(format!(

@@ -22,7 +22,6 @@ use tokio::sync::watch;
 use super::{Authenticate, Credential, Setup};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::sources::refresh_token_file;
 use token_endpoint::{Grant, Issued, TokenEndpoint};
 
 pub use schedule::{backoff, renew_after};
@@ -77,7 +76,9 @@ impl OAuth2 {
         let sources = setup.sources;
         let client_secret = sources.secret_text(&settings.client_secret)?;
         let endpoint = TokenEndpoint::new(settings, client_secret, setup.tls, setup.token_timeout)?;
-        let refresh_token_location = refresh_token_file(&sources.datasource)
+        let refresh_token_location = sources
+            .datasource
+            .refresh_token_file()
             .map(|f| format!("secret {:?} key {:?}", f.secret, f.key))
             .unwrap_or_default();
         let (wake, woken) = watch::channel(0);
