@@ -235,6 +235,9 @@ impl Webhook {
             datasources: review::Datasources {
                 client,
                 cache: cache.clone(),
+                timeout: review::lookup_timeout(Duration::from_secs(
+                    u64::try_from(settings.configuration.timeout_seconds).unwrap_or(10),
+                )),
             },
             settings: settings.sidecar,
             metrics,

@@ -18,8 +18,15 @@ use super::error::InjectError;
 use super::inject::{self, Decision, SidecarSettings};
 use crate::metrics::Metrics;
 
-/// How long a datasource lookup may take; below the webhook timeout.
+/// How long a datasource lookup may take at most; never more than half
+/// the webhook's timeout, so the refusal says why before the API server
+/// gives up on the webhook.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The lookup timeout for a webhook the API server waits `webhook_timeout` for.
+pub fn lookup_timeout(webhook_timeout: Duration) -> Duration {
+    LOOKUP_TIMEOUT.min(webhook_timeout / 2)
+}
 
 /// Finds a pod's datasources: in the watch cache, else (just created, not
 /// yet seen by the watch) with one GET.
@@ -27,6 +34,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Datasources {
     pub client: Client,
     pub cache: Store<ApiDatasource>,
+    /// See [`lookup_timeout`].
+    pub timeout: Duration,
 }
 
 impl Datasources {
@@ -40,13 +49,11 @@ impl Datasources {
             detail,
         };
         let api = Api::<ApiDatasource>::namespaced(self.client.clone(), namespace);
-        // Answer before the API server gives up on the webhook, with a
-        // message that says what happened.
-        match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+        match tokio::time::timeout(self.timeout, api.get_opt(name)).await {
             Ok(result) => result.map_err(|e| failed(e.to_string())),
             Err(_) => Err(failed(format!(
-                "the API server did not answer within {}s",
-                LOOKUP_TIMEOUT.as_secs()
+                "the API server did not answer within {:.1}s",
+                self.timeout.as_secs_f64()
             ))),
         }
     }
@@ -168,5 +175,19 @@ impl Admission {
             });
         }
         inject::inject(pod, &found, &self.settings).map(Outcome::Injected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lookup_gives_up_before_the_api_server_does() {
+        let s = Duration::from_secs;
+        assert_eq!(lookup_timeout(s(10)), s(5));
+        assert_eq!(lookup_timeout(s(30)), s(5));
+        assert_eq!(lookup_timeout(s(3)), Duration::from_millis(1500));
+        assert_eq!(lookup_timeout(s(1)), Duration::from_millis(500));
     }
 }
