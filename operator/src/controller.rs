@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -70,7 +71,8 @@ impl Context {
     }
 }
 
-type FailureCounts = HashMap<ObjectRef<ApiDatasource>, u32>;
+/// Per failing datasource: its failures so far and its next delays.
+type FailureCounts = HashMap<ObjectRef<ApiDatasource>, (u32, ExponentialBackoff)>;
 
 /// Consecutive failures per datasource. A datasource deleted while it
 /// waits for a retry is never reconciled again, so the watch's deletions
@@ -86,6 +88,15 @@ impl Failures {
     fn lock(&self) -> std::sync::MutexGuard<'_, FailureCounts> {
         // Plain counters: usable after a panic elsewhere.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a failure of `key`: returns which failure in a row it is and
+    /// how long to wait before the retry.
+    pub fn next_retry(&self, key: ObjectRef<ApiDatasource>) -> (u32, Duration) {
+        let mut counts = self.lock();
+        let (attempt, delays) = counts.entry(key).or_insert_with(|| (0, retry_delays()));
+        *attempt = attempt.saturating_add(1);
+        (*attempt, delays.next().unwrap_or(MAX_BACKOFF))
     }
 
     /// How many datasources have failures recorded.
@@ -272,14 +283,7 @@ async fn publish_event(
 /// Decides every retry: exponential backoff per datasource, and a metric
 /// labelled by the error's name.
 pub fn error_policy(ds: Arc<ApiDatasource>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = ObjectRef::from_obj(&*ds);
-    let attempt = {
-        let mut failures = ctx.failures();
-        let n = failures.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(attempt);
+    let (attempt, delay) = ctx.failures.next_retry(ObjectRef::from_obj(&*ds));
     ctx.metrics.failed(error);
     tracing::warn!(
         datasource = %format!("{}/{}", ds.namespace().unwrap_or_default(), ds.name_any()),
@@ -291,10 +295,14 @@ pub fn error_policy(ds: Arc<ApiDatasource>, error: &Error, ctx: Arc<Context>) ->
     Action::requeue(delay)
 }
 
-/// Delay before retry number `attempt` (1-based).
-pub fn backoff(attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-    MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+/// The delays between a datasource's retries: from [`MIN_BACKOFF`],
+/// doubling, up to [`MAX_BACKOFF`], for as long as it fails.
+pub fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .without_max_times()
+        .build()
 }
 
 /// Where the controller looks.
@@ -416,9 +424,7 @@ mod tests {
     fn failures_of_a_deleted_datasource_are_forgotten() {
         let failures = Failures::default();
         for name in ["a", "b"] {
-            failures
-                .lock()
-                .insert(ObjectRef::from_obj(&datasource(name)), 3);
+            failures.next_retry(ObjectRef::from_obj(&datasource(name)));
         }
         failures.observe(&watcher::Event::Delete(datasource("a")));
         assert_eq!(failures.len(), 1);
@@ -508,12 +514,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_one_second_up_to_five_minutes() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(20), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    fn retries_wait_from_one_second_doubling_up_to_five_minutes() {
+        let failures = Failures::default();
+        let key = ObjectRef::from_obj(&datasource("a"));
+        let waits: Vec<(u32, u64)> = (0..12)
+            .map(|_| failures.next_retry(key.clone()))
+            .map(|(n, d)| (n, d.as_secs()))
+            .collect();
+        let expected: Vec<(u32, u64)> = (1..=12)
+            .zip([1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300])
+            .collect();
+        assert_eq!(waits, expected);
+        // Another datasource starts from the beginning.
+        let other = ObjectRef::from_obj(&datasource("b"));
+        assert_eq!(failures.next_retry(other), (1, MIN_BACKOFF));
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::TryStreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -601,19 +602,26 @@ async fn follow_lease(
 }
 
 /// Doubling waits between failed API calls, 100 ms to 5 s.
-struct Backoff(Duration);
+struct Backoff(ExponentialBackoff);
+
+/// The longest wait between failed API calls.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self(Duration::from_millis(100))
+        Self(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(MAX_BACKOFF)
+                .without_max_times()
+                .build(),
+        )
     }
 }
 
 impl Backoff {
     fn next(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        wait
+        self.0.next().unwrap_or(MAX_BACKOFF)
     }
 
     fn reset(&mut self) {
@@ -691,6 +699,15 @@ mod tests {
         assert_eq!(seen(Some(lease(Some(""), Some(9)))).free_at(&c), t0);
         assert_eq!(seen(Some(lease(Some("me"), Some(9)))).free_at(&c), t0);
         assert_eq!(seen(None).free_at(&c), t0);
+    }
+
+    #[test]
+    fn failed_calls_wait_from_100_ms_doubling_to_5_s_and_reset() {
+        let mut b = Backoff::default();
+        let waits: Vec<u128> = (0..8).map(|_| b.next().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use backon::ExponentialBackoff;
 use futures::future::BoxFuture;
 use http::header::AUTHORIZATION;
 use sidekey_crds::{GrantType, ResolvedOAuth2, SecretValue, TokenPlacement, names};
@@ -24,7 +25,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use token_endpoint::{Grant, Issued, TokenEndpoint};
 
-pub use schedule::{backoff, renew_after};
+pub use schedule::{renew_after, retry_delays};
 
 /// A request that finds no token does not ask again within this long of a
 /// failed attempt; the background loop keeps retrying meanwhile.
@@ -251,13 +252,14 @@ impl OAuth2 {
         Ok(credential)
     }
 
-    /// How long the renewal loop waits before its next token request.
-    fn next_delay(&self, failures: u32) -> Duration {
+    /// How long the renewal loop waits before its next token request;
+    /// `retrying`: the delays after failures, while the last one failed.
+    fn next_delay(&self, retrying: Option<&mut ExponentialBackoff>) -> Duration {
         if self.grant_type == GrantType::AuthorizationCode && !self.has_refresh_token() {
             return IDLE;
         }
-        if failures > 0 {
-            return backoff(failures, rand::random::<f64>());
+        if let Some(delays) = retrying {
+            return delays.next().unwrap_or(schedule::MAX_RETRY_DELAY);
         }
         match self.token.load().as_ref() {
             Some(t) => t.renew_at.saturating_duration_since(Instant::now()),
@@ -267,9 +269,9 @@ impl OAuth2 {
 }
 
 async fn renewal_loop(this: Weak<OAuth2>, mut woken: watch::Receiver<u64>) {
-    let mut failures = 0;
+    let mut retrying: Option<ExponentialBackoff> = None;
     loop {
-        let Some(delay) = this.upgrade().map(|t| t.next_delay(failures)) else {
+        let Some(delay) = this.upgrade().map(|t| t.next_delay(retrying.as_mut())) else {
             return;
         };
         tokio::select! {
@@ -279,7 +281,7 @@ async fn renewal_loop(this: Weak<OAuth2>, mut woken: watch::Receiver<u64>) {
                     return;
                 }
                 // A request stored a fresh token: plan from it.
-                failures = 0;
+                retrying = None;
                 continue;
             }
         }
@@ -288,8 +290,10 @@ async fn renewal_loop(this: Weak<OAuth2>, mut woken: watch::Receiver<u64>) {
         };
         let stale = auth.token.load().as_ref().map(|t| t.credential.clone());
         match auth.renew(stale, false).await {
-            Ok(_) => failures = 0,
-            Err(_) => failures = failures.saturating_add(1),
+            Ok(_) => retrying = None,
+            Err(_) => {
+                retrying.get_or_insert_with(schedule::retry_delays);
+            }
         }
         // Our own store woke us; that needs no second look.
         woken.borrow_and_update();

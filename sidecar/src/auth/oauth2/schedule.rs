@@ -3,11 +3,16 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
 /// Renewal starts this far before expiry at most (when the lifetime allows).
 const MAX_MARGIN: Duration = Duration::from_secs(30);
-/// First wait after a failed token request; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// First wait after a failed token request, before jitter; doubles up to
+/// [`MAX_STEP`].
+const FIRST_STEP: Duration = Duration::from_millis(500);
+const MAX_STEP: Duration = Duration::from_secs(30);
+/// The longest wait between failed token requests: a step plus its jitter.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// Longest lifetime believed: a token is renewed at least yearly, and an
 /// absurd `expires_in` cannot overflow the clock arithmetic.
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -33,13 +38,16 @@ pub fn skew(lifetime: Duration) -> Duration {
     (lifetime / 10).min(Duration::from_secs(1))
 }
 
-/// Wait before retry number `failures` (1 for the first), with jitter
-/// `unit` in [0, 1): between half and all of the exponential step, so many
-/// sidecars do not retry in step.
-pub fn backoff(failures: u32, unit: f64) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    let step = FIRST_BACKOFF.saturating_mul(1 << exponent).min(MAX_BACKOFF);
-    step.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+/// The waits between failed token requests: each step (0.5 s doubling to
+/// 30 s) plus a random part of it, so many sidecars do not retry in step:
+/// 0.5 to 1 s, then 1 to 2 s, ..., at most 30 to 60 s.
+pub fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(FIRST_STEP)
+        .with_max_delay(MAX_STEP)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]
@@ -68,12 +76,19 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        assert_eq!(backoff(1, 0.999_999).as_millis(), 999);
-        assert_eq!(backoff(1, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff(3, 0.0), s(2));
-        assert_eq!(backoff(30, 0.0), s(30));
-        assert!(backoff(30, 1.0) <= s(60));
+    fn retry_delays_double_with_jitter_and_are_capped() {
+        for _ in 0..20 {
+            let waits: Vec<Duration> = retry_delays().take(12).collect();
+            for (i, wait) in waits.iter().enumerate() {
+                let step = FIRST_STEP.saturating_mul(1 << i).min(MAX_STEP);
+                assert!(
+                    *wait >= step && *wait < step * 2,
+                    "wait {i} is {wait:?}, not within [{step:?}, {:?})",
+                    step * 2
+                );
+                assert!(*wait <= MAX_RETRY_DELAY);
+            }
+        }
     }
 
     #[test]
