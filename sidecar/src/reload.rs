@@ -60,6 +60,7 @@ pub async fn watch_files(
         });
         match built {
             Ok(snapshot) => {
+                handover(&state, &current, &snapshot, &mut shutdown).await;
                 state.snapshot.store(Arc::new(snapshot));
                 state.metrics.reloads.inc();
                 tracing::info!(datasource = %state.name, "configuration reloaded");
@@ -73,6 +74,39 @@ pub async fn watch_files(
                     "configuration change refused; the previous configuration keeps serving"
                 );
             }
+        }
+    }
+}
+
+/// How often a waiting handover looks at the two tokens.
+const HANDOVER_POLL: Duration = Duration::from_millis(100);
+
+/// A rebuilt authentication that has to fetch its token first (OAuth 2.0
+/// with a new client secret or CA) takes over only once it has one, or
+/// once the old one it replaces can no longer serve either: requests are
+/// never left waiting for a token, or refused, while the old token is
+/// valid. Changes made to the files meanwhile are read afterwards.
+async fn handover(
+    state: &State,
+    current: &Snapshot,
+    next: &Snapshot,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    if Arc::ptr_eq(&current.auth, &next.auth) || !next.auth.renewable() {
+        return;
+    }
+    let mut announced = false;
+    while next.auth.current().is_none() && current.auth.current().is_some() {
+        if !announced {
+            tracing::info!(
+                datasource = %state.name,
+                "configuration changed; the current token serves until the new one is obtained"
+            );
+            announced = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HANDOVER_POLL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
 }

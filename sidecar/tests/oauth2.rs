@@ -459,3 +459,39 @@ async fn a_token_expired_on_arrival_is_a_failure_that_waiting_requests_share() {
     let made = hits.load(Ordering::SeqCst);
     assert!(made <= 3, "{made} token requests for 6 waiting requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_oauth2_keeps_the_old_token_serving_until_a_new_one_comes() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start(&pki, 300);
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &server.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "",
+    );
+    let sidecar = sidecar::start(&ws);
+    get_echo(&sidecar, "/before").await;
+    // The token endpoint goes away; then the CA bundle changes (the same
+    // CA twice), which rebuilds TLS and with it the OAuth 2.0 client.
+    drop(server);
+    ws.write_secret("ca", "ca.crt", &format!("{}{}", pki.ca_pem, pki.ca_pem));
+    // Reloads are checked every 0.3 s: the change has been seen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The old token is valid for minutes: every request still gets through.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        get_echo(&sidecar, "/during").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sidecar
+            .logs()
+            .contains("the current token serves until the new one"),
+        "{}",
+        sidecar.logs()
+    );
+}
