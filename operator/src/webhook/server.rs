@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::configuration::MUTATE_PATH;
 use super::review::Admission;
+use crate::admin::text;
 
 /// Largest admission review accepted: a pod is at most about 1.5 MiB in
 /// etcd, and the review carries it once.
@@ -104,21 +105,8 @@ async fn handle(admission: &Arc<Admission>, request: Request<Incoming>) -> Respo
                 ),
             }
         }
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
-        (_, MUTATE_PATH) => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "POST an AdmissionReview\n".to_owned(),
-        ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (_, MUTATE_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
