@@ -83,6 +83,9 @@ pub enum InjectError {
 
     #[error("the admission request carries no pod")]
     NoPod,
+
+    #[error("sidekey could not build the patch for this pod (a bug, please report it): {0}")]
+    PatchNotBuilt(String),
 }
 
 fn describe_missing(names: &[String]) -> String {
@@ -109,6 +112,7 @@ impl InjectError {
             Self::ReservedName { .. } => "ReservedName",
             Self::Lookup { .. } => "LookupFailed",
             Self::NoPod => "NoPod",
+            Self::PatchNotBuilt(_) => "PatchNotBuilt",
         }
     }
 

@@ -287,12 +287,9 @@ pub fn inject(
         ops.push(json!({"op": "add", "path": format!("/spec/{list}"), "value": [value]}));
     }
 
-    // Built from our own well-formed JSON: a failure is a bug, shown as a refusal.
-    let patch = serde_json::from_value(Value::Array(ops)).map_err(|e| InjectError::Lookup {
-        name: String::new(),
-        namespace: String::new(),
-        detail: format!("internal error building the patch: {e}"),
-    })?;
+    // Built from our own well-formed JSON: a failure is a bug, refused.
+    let patch = serde_json::from_value(Value::Array(ops))
+        .map_err(|e| InjectError::PatchNotBuilt(e.to_string()))?;
     Ok(Injection { patch, warnings })
 }
 
