@@ -180,6 +180,17 @@ pub enum AuthenticationType {
 }
 
 impl AuthenticationType {
+    /// The spec field holding the Secret this type authenticates with.
+    pub fn credential_field(self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Basic => Some("spec.authentication.basic.passwordSecretRef"),
+            Self::OAuth2 => Some("spec.authentication.oauth2.clientSecretRef"),
+            Self::ApiKey => Some("spec.authentication.apiKey.valueSecretRef"),
+            Self::BearerToken => Some("spec.authentication.bearerToken.tokenSecretRef"),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "None",

@@ -304,6 +304,10 @@ impl Authentication {
     }
 }
 
+/// The spec fields of the signature key and the CA bundle.
+const SIGNATURE_FIELD: &str = "spec.signature.secretRef";
+const CA_FIELD: &str = "spec.tls.caCertificateSecretRef";
+
 /// What a referenced secret value is for; it decides what is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretPurpose {
@@ -328,22 +332,14 @@ impl ResolvedAuthentication {
     /// The secret the scheme is built from, with the field naming it: the
     /// one place that knows which secret each authentication type uses.
     pub fn credential(&self) -> Option<(&'static str, &SecretFile)> {
-        match self {
-            Self::None => None,
-            Self::Basic { password, .. } => {
-                Some(("spec.authentication.basic.passwordSecretRef", password))
-            }
-            Self::ApiKey { value, .. } => {
-                Some(("spec.authentication.apiKey.valueSecretRef", value))
-            }
-            Self::BearerToken { token } => {
-                Some(("spec.authentication.bearerToken.tokenSecretRef", token))
-            }
-            Self::OAuth2(o) => Some((
-                "spec.authentication.oauth2.clientSecretRef",
-                &o.client_secret,
-            )),
-        }
+        let file = match self {
+            Self::None => return None,
+            Self::Basic { password, .. } => password,
+            Self::ApiKey { value, .. } => value,
+            Self::BearerToken { token } => token,
+            Self::OAuth2(o) => &o.client_secret,
+        };
+        Some((self.type_().credential_field()?, file))
     }
 
     /// The type, as `spec.authentication.type` names it.
@@ -364,36 +360,40 @@ impl ApiDatasourceSpec {
     /// datasource waiting for a Secret must be woken when it appears.
     pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
         let a = &self.authentication;
-        let refs = [
+        let credentials = [
             (
-                "spec.authentication.basic.passwordSecretRef",
+                AuthenticationType::Basic,
                 a.basic.as_ref().map(|b| &b.password_secret_ref),
             ),
             (
-                "spec.authentication.oauth2.clientSecretRef",
+                AuthenticationType::OAuth2,
                 a.oauth2.as_ref().map(|o| &o.client_secret_ref),
             ),
             (
-                "spec.authentication.apiKey.valueSecretRef",
+                AuthenticationType::ApiKey,
                 a.api_key.as_ref().map(|k| &k.value_secret_ref),
             ),
             (
-                "spec.authentication.bearerToken.tokenSecretRef",
+                AuthenticationType::BearerToken,
                 a.bearer_token.as_ref().map(|b| &b.token_secret_ref),
             ),
+        ];
+        let others = [
             (
-                "spec.signature.secretRef",
+                SIGNATURE_FIELD,
                 self.signature.as_ref().map(|s| &s.secret_ref),
             ),
             (
-                "spec.tls.caCertificateSecretRef",
+                CA_FIELD,
                 self.tls
                     .as_ref()
                     .and_then(|t| t.ca_certificate_secret_ref.as_ref()),
             ),
         ];
-        refs.into_iter()
-            .filter_map(|(field, r)| Some((field, r?)))
+        credentials
+            .into_iter()
+            .filter_map(|(t, r)| Some((t.credential_field()?, r?)))
+            .chain(others.into_iter().filter_map(|(f, r)| Some((f, r?))))
             .collect()
     }
 }
@@ -412,14 +412,14 @@ impl ResolvedDatasource {
         }
         if let Some(s) = &self.signature {
             uses.push(SecretUse {
-                field: "spec.signature.secretRef",
+                field: SIGNATURE_FIELD,
                 file: &s.secret,
                 purpose: SecretPurpose::SignatureKey,
             });
         }
         if let Some(ca) = &self.tls.ca_certificate {
             uses.push(SecretUse {
-                field: "spec.tls.caCertificateSecretRef",
+                field: CA_FIELD,
                 file: ca,
                 purpose: SecretPurpose::CaBundle,
             });
