@@ -95,15 +95,14 @@ async fn handover(
     if Arc::ptr_eq(&current.auth, &next.auth) || !next.auth.renewable() {
         return;
     }
-    let mut announced = false;
+    if next.auth.current().is_some() || current.auth.current().is_none() {
+        return;
+    }
+    tracing::info!(
+        datasource = %state.name,
+        "configuration changed; the current token serves until the new one is obtained"
+    );
     while next.auth.current().is_none() && current.auth.current().is_some() {
-        if !announced {
-            tracing::info!(
-                datasource = %state.name,
-                "configuration changed; the current token serves until the new one is obtained"
-            );
-            announced = true;
-        }
         tokio::select! {
             () = tokio::time::sleep(HANDOVER_POLL) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
