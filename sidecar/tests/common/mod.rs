@@ -10,6 +10,7 @@ pub mod upstream;
 pub use pki::Pki;
 #[allow(unused_imports)]
 pub use sidecar::{Workspace, client, get_echo, get_echo_at, get_echo_with, header};
+#[allow(unused_imports)]
 pub use upstream::Upstream;
 
 /// An `ApiDatasource` manifest for `url` with the given `spec` lines
