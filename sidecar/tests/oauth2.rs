@@ -495,3 +495,123 @@ async fn a_reload_that_rebuilds_oauth2_keeps_the_old_token_serving_until_a_new_o
         sidecar.logs()
     );
 }
+
+/// A TCP relay in front of `port` that, once `slow` is set, holds each
+/// chunk the server sends for that long: the token request still reaches
+/// the server at once, its answer comes late.
+struct SlowRelay {
+    port: u16,
+    delay_ms: Arc<AtomicUsize>,
+}
+
+impl SlowRelay {
+    async fn start(port: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let relay_port = listener.local_addr().expect("addr").port();
+        let delay_ms = Arc::new(AtomicUsize::new(0));
+        let delay = delay_ms.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let delay = delay.clone();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    let _ = server_write.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let ms = delay.load(Ordering::SeqCst) as u64;
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_write.shutdown().await;
+                });
+            }
+        });
+        Self {
+            port: relay_port,
+            delay_ms,
+        }
+    }
+
+    fn token_url(&self) -> String {
+        format!("https://127.0.0.1:{}/token", self.port)
+    }
+
+    fn hold(&self, delay: Duration) {
+        let ms = usize::try_from(delay.as_millis()).expect("delay");
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_outlives_the_request_that_asked_for_it() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    let server = OAuthServer::start_with_refresh_token(&pki, 300);
+    let relay = SlowRelay::start(server.port).await;
+    let ws = authorization_code_workspace(&pki, &upstream.url(), &relay.token_url());
+    ws.write_secret(
+        "payments-sidekey-oauth",
+        "refresh-token",
+        &server.refresh_token(),
+    );
+    let sidecar = sidecar::start(&ws);
+    let first = get_echo(&sidecar, "/a").await;
+    let old = header(&first, "authorization")
+        .expect("authorization")
+        .to_owned();
+    // The upstream refuses the token: the next request makes the sidecar
+    // refresh it, and the server's answer (with the rotated refresh token)
+    // takes 2 s to come back.
+    upstream
+        .state
+        .revoked
+        .lock()
+        .expect("lock")
+        .insert(old.clone());
+    relay.hold(Duration::from_secs(2));
+    // The app gives up and drops its HTTP/2 stream mid-refresh.
+    let impatient = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(800),
+        impatient.get(sidecar.url("/b")).send(),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the request should still be waiting");
+    drop(impatient);
+    // The refresh finishes regardless and its tokens are kept: the next
+    // request carries the new access token, and the rotated refresh token
+    // was not lost (reusing the spent one would be `invalid_grant`).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    relay.hold(Duration::ZERO);
+    let response = client()
+        .get(sidecar.url("/c"))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{body}\n{}", sidecar.logs());
+    let echo: serde_json::Value = serde_json::from_str(&body).expect("echo");
+    assert_ne!(header(&echo, "authorization"), Some(old.as_str()));
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    assert_eq!(server.grants().len(), 2, "{:?}", server.grants());
+}

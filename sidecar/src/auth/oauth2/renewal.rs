@@ -1,0 +1,275 @@
+//! The one task per datasource that talks to the token endpoint: it owns
+//! the schedule, the single flight, the backoff, the refresh token, and
+//! answers requests' asks (no token, or a 401). It publishes tokens through
+//! an `ArcSwap` that requests read and its outcomes through a `watch`, as
+//! linkerd2-proxy's identity client publishes certificates.
+//!
+//! A token request runs here, never inside a request's future: an app
+//! that drops its connection mid-request cannot cancel it, which with
+//! rotating refresh tokens would spend a rotation and lose its answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use backon::ExponentialBackoff;
+use http::header::AUTHORIZATION;
+use sidekey_crds::{GrantType, SecretValue, TokenPlacement, names};
+use tokio::sync::watch;
+
+use super::schedule;
+use super::token_endpoint::{Grant, Issued, TokenEndpoint};
+use crate::auth::Credential;
+use crate::metrics::Metrics;
+
+/// An ask that comes within this long of a failed attempt is answered with
+/// that failure; the scheduled retries go on meanwhile.
+pub const ASK_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long the task sleeps when it cannot request a token at all (no
+/// refresh token yet): a reload replaces it when one comes.
+const IDLE: Duration = Duration::from_secs(24 * 3600);
+
+pub struct Token {
+    pub credential: Arc<Credential>,
+    pub expires_at: Instant,
+    pub usable_until: Instant,
+    renew_at: Instant,
+}
+
+/// The token requests publish; `None` until the first one arrives.
+pub type Published = Arc<ArcSwapOption<Token>>;
+
+/// What requests send the task: "I need a token", and, after a 401, the
+/// credential the upstream rejected.
+#[derive(Default)]
+pub struct Ask {
+    /// Counts asks, so that each knows when the task has answered it.
+    pub serial: u64,
+    pub rejected: Option<Arc<Credential>>,
+}
+
+#[derive(Clone)]
+pub struct Failure {
+    pub at: Instant,
+    pub reason: String,
+}
+
+/// What the task last did.
+#[derive(Clone, Default)]
+pub struct Outcome {
+    /// Every ask up to this serial has been answered: a token is published,
+    /// or `failure` says why not.
+    pub answered: u64,
+    /// The last token request's failure, cleared by a success.
+    pub failure: Option<Failure>,
+}
+
+/// The settings and state the task owns.
+pub struct Renewal {
+    pub datasource: String,
+    pub endpoint: TokenEndpoint,
+    pub placement: TokenPlacement,
+    pub header_prefix: String,
+    pub default_lifetime: Duration,
+    pub grant_type: GrantType,
+    /// For the authorization-code grant: the operator's refresh token, or a
+    /// newer one the server rotated to. Only this task holds it.
+    pub refresh_token: Option<SecretValue>,
+    /// Where the refresh token is expected, for messages.
+    pub refresh_token_location: String,
+    pub token: Published,
+    pub outcome: watch::Sender<Outcome>,
+    pub metrics: Metrics,
+}
+
+impl Renewal {
+    /// Requests the first token at once, then renews on schedule, retries
+    /// failures with backoff, and answers asks; ends when the
+    /// authenticator (the asks' sender) is dropped.
+    pub async fn run(mut self, mut asks: watch::Receiver<Ask>) {
+        let mut retrying: Option<ExponentialBackoff> = None;
+        // Moved only by a token request: asks that need none do not
+        // postpone a scheduled renewal or retry.
+        let mut next = tokio::time::Instant::now();
+        loop {
+            let ask = tokio::select! {
+                () = tokio::time::sleep_until(next) => None,
+                changed = asks.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let ask = asks.borrow_and_update();
+                    Some((ask.serial, ask.rejected.clone()))
+                }
+            };
+            match ask {
+                None => {
+                    self.renew(&mut retrying).await;
+                    next = tokio::time::Instant::now() + self.next_delay(retrying.as_mut());
+                }
+                Some((serial, rejected)) => {
+                    let needed = match self.usable() {
+                        None => true,
+                        Some(current) => {
+                            rejected.as_ref().is_some_and(|r| Arc::ptr_eq(r, &current))
+                        }
+                    };
+                    let paused = self
+                        .outcome
+                        .borrow()
+                        .failure
+                        .as_ref()
+                        .is_some_and(|f| f.at.elapsed() < ASK_RETRY_PAUSE);
+                    if needed && !paused {
+                        if rejected.is_some() {
+                            tracing::info!(
+                                datasource = %self.datasource,
+                                "the upstream rejected the access token (401): renewing it"
+                            );
+                        }
+                        self.renew(&mut retrying).await;
+                        next = tokio::time::Instant::now() + self.next_delay(retrying.as_mut());
+                    }
+                    self.outcome
+                        .send_modify(|o| o.answered = o.answered.max(serial));
+                }
+            }
+        }
+    }
+
+    fn usable(&self) -> Option<Arc<Credential>> {
+        let token = self.token.load();
+        token
+            .as_ref()
+            .filter(|t| Instant::now() < t.usable_until)
+            .map(|t| t.credential.clone())
+    }
+
+    /// One token request; its outcome is published, a failure starts (or
+    /// continues) the backoff.
+    async fn renew(&mut self, retrying: &mut Option<ExponentialBackoff>) {
+        let failure = match self.fetch().await {
+            Ok(()) => {
+                *retrying = None;
+                None
+            }
+            Err(reason) => {
+                retrying.get_or_insert_with(schedule::retry_delays);
+                Some(Failure {
+                    at: Instant::now(),
+                    reason,
+                })
+            }
+        };
+        self.outcome.send_modify(|o| o.failure = failure);
+    }
+
+    async fn fetch(&mut self) -> Result<(), String> {
+        if let Some(reason) = self.cannot_request() {
+            return Err(reason);
+        }
+        let grant = match &self.refresh_token {
+            Some(t) if self.grant_type == GrantType::AuthorizationCode => Grant::RefreshToken(t),
+            _ => Grant::ClientCredentials,
+        };
+        self.metrics.token_fetches.inc();
+        let sent_at = Instant::now();
+        let result = self.endpoint.request(grant).await;
+        result
+            .and_then(|issued| self.store(issued, sent_at))
+            .inspect_err(|reason| {
+                self.metrics.token_fetch_failures.inc();
+                let valid_for = self.token.load().as_ref().map(|t| {
+                    t.expires_at
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                });
+                tracing::warn!(
+                    datasource = %self.datasource,
+                    %reason,
+                    current_token_valid_for_seconds = valid_for,
+                    "token request failed"
+                );
+            })
+    }
+
+    /// Why no token can be requested at all, if so.
+    pub fn cannot_request(&self) -> Option<String> {
+        let missing =
+            self.grant_type == GrantType::AuthorizationCode && self.refresh_token.is_none();
+        missing.then(|| {
+            format!(
+                "grantType AuthorizationCode has no refresh token yet ({} is not mounted): \
+                 authorize the datasource through the sidekey operator",
+                self.refresh_token_location
+            )
+        })
+    }
+
+    fn store(&mut self, issued: Issued, sent_at: Instant) -> Result<(), String> {
+        let token = issued
+            .access_token
+            .expose_str()
+            .ok_or("the access token is not text")?;
+        let credential = match self.placement {
+            TokenPlacement::Header => {
+                let value = if self.header_prefix.is_empty() {
+                    token.to_owned()
+                } else {
+                    format!("{} {token}", self.header_prefix)
+                };
+                Credential::header(AUTHORIZATION, value.as_bytes())
+                    .map_err(|reason| format!("the access token: {reason}"))?
+            }
+            TokenPlacement::QueryParameter => {
+                Credential::query(names::ACCESS_TOKEN_QUERY_PARAMETER, token)
+            }
+        };
+        // A rotated refresh token is kept even if the access token turns
+        // out unusable: the old one is spent.
+        if let Some(rotated) = issued.refresh_token {
+            self.refresh_token = Some(rotated);
+        }
+        let lifetime = schedule::lifetime(issued.expires_in, self.default_lifetime);
+        // Counted from when the request left: never later than the server's clock.
+        let usable_until = sent_at + lifetime - schedule::skew(lifetime);
+        if usable_until <= Instant::now() {
+            // A failure, not a token: waiting requests take it as their
+            // answer, and the task backs off.
+            return Err(format!(
+                "the token endpoint issued a token that expired before it arrived \
+                 (lifetime {:.1}s, the request took {:.1}s): give tokens a longer lifetime",
+                lifetime.as_secs_f64(),
+                sent_at.elapsed().as_secs_f64()
+            ));
+        }
+        self.token.store(Some(Arc::new(Token {
+            credential: Arc::new(credential),
+            expires_at: sent_at + lifetime,
+            usable_until,
+            renew_at: sent_at + schedule::renew_after(lifetime),
+        })));
+        tracing::info!(
+            datasource = %self.datasource,
+            expires_in_seconds = lifetime.as_secs_f64(),
+            announced = issued.expires_in.is_some(),
+            "access token obtained"
+        );
+        Ok(())
+    }
+
+    /// How long to wait before the next scheduled token request;
+    /// `retrying`: the delays after failures, while the last one failed.
+    fn next_delay(&self, retrying: Option<&mut ExponentialBackoff>) -> Duration {
+        if self.cannot_request().is_some() {
+            return IDLE;
+        }
+        if let Some(delays) = retrying {
+            return delays.next().unwrap_or(schedule::MAX_RETRY_DELAY);
+        }
+        match self.token.load().as_ref() {
+            Some(t) => t.renew_at.saturating_duration_since(Instant::now()),
+            None => Duration::ZERO,
+        }
+    }
+}
