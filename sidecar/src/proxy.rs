@@ -162,6 +162,6 @@ async fn send(
 
 fn finish(response: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
-    hop_by_hop::strip(&mut parts.headers);
+    hop_by_hop::strip_response(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }
