@@ -7,14 +7,7 @@ use sidekey_crds::names::{OPERATOR_ADMIN_PORT, SIDECAR_ADMIN_PORT};
 
 use crate::leader::LeaseConfig;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use sidekey_plumbing::logging::LogFormat;
 
 /// Reconciles each ApiDatasource into the ConfigMap its sidecars read.
 ///

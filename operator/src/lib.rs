@@ -11,7 +11,6 @@ pub mod configmap_drift;
 pub mod controller;
 pub mod error;
 pub mod leader;
-pub mod logging;
 pub mod metrics;
 pub mod secrets_index;
 pub mod status;
@@ -125,19 +124,7 @@ pub async fn run(args: Args) -> Result<()> {
 
 /// Cancels `token` on SIGTERM (what Kubernetes sends) or SIGINT.
 async fn cancel_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops gracefully");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    sidekey_plumbing::signal::shutdown().await;
     tracing::info!("stopping");
     token.cancel();
 }

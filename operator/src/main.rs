@@ -1,12 +1,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sidekey_operator::{Args, logging};
+use sidekey_operator::Args;
+use sidekey_plumbing::logging::{Logs, Output};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init(args.log_format);
+    // Filtered by RUST_LOG, `info` without it.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    Logs {
+        format: args.log_format,
+        output: Output::Stdout,
+        filter: &filter,
+        filter_from: "RUST_LOG",
+    }
+    .init();
     match sidekey_operator::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

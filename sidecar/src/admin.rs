@@ -5,8 +5,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use sidekey_plumbing::admin::{self, Probes, answer, text};
 
 use crate::metrics::Registry;
 use crate::state::State;
@@ -22,39 +23,28 @@ pub async fn handle<B>(
     admin: Arc<Admin>,
     request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, content_type, body) = match request.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" => match not_ready(&admin.datasources) {
-            None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
-            Some(body) => (
+    Ok(admin::route(request.uri().path(), &*admin))
+}
+
+impl Probes for Admin {
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        match not_ready(&self.datasources) {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(body) => answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application/json",
                 body.to_string(),
             ),
-        },
-        "/metrics" => {
-            for datasource in &admin.datasources {
-                let expires_in = datasource.snapshot.load().auth.expires_in();
-                datasource.metrics.set_token_expiry(expires_in);
-            }
-            (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                admin.metrics.render(),
-            )
         }
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Ok(response)
+    }
+
+    fn metrics(&self) -> String {
+        for datasource in &self.datasources {
+            let expires_in = datasource.snapshot.load().auth.expires_in();
+            datasource.metrics.set_token_expiry(expires_in);
+        }
+        self.metrics.render()
+    }
 }
 
 /// `None` when every datasource can serve; else the body of the 503:

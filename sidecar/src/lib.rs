@@ -23,13 +23,11 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod hop_by_hop;
-pub mod logging;
 pub mod metrics;
 pub mod options;
 pub mod outgoing;
 pub mod proxy;
 pub mod reload;
-pub mod server;
 pub mod signature;
 pub mod snapshot;
 pub mod sources;
@@ -44,6 +42,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use sidekey_plumbing::serve::serve;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -188,12 +187,12 @@ pub async fn start(options: &Options) -> Result<Running, Error> {
             datasources: loaded.iter().map(|d| d.state.clone()).collect(),
             metrics: registry,
         });
-        tasks.push(tokio::spawn(server::serve(
+        tasks.push(tokio::spawn(serve(
             "admin",
             None,
             listener,
             move |request| admin::handle(admin.clone(), request),
-            stopped.clone(),
+            until_stopped(stopped.clone()),
             grace,
         )));
         tracing::info!(address = %addr, "admin listening");
@@ -295,12 +294,12 @@ fn spawn_worker(
                 let serving: Vec<_> = served
                     .into_iter()
                     .map(|(listener, state)| {
-                        tokio::spawn(server::serve(
+                        tokio::spawn(serve(
                             "proxy",
                             Some(state.name.clone()),
                             listener,
                             move |request| proxy::handle(state.clone(), request),
-                            stopped.clone(),
+                            until_stopped(stopped.clone()),
                             grace,
                         ))
                     })
@@ -370,6 +369,11 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// Completes once `stopped` says stop (or its sender is gone).
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// Starts the sidecar and serves until `shutdown` completes.

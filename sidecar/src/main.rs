@@ -3,11 +3,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sidekey_sidecar::{Options, logging};
+use sidekey_plumbing::logging::{Logs, Output};
+use sidekey_plumbing::signal;
+use sidekey_sidecar::Options;
 
 fn main() -> ExitCode {
     let options = Options::parse();
-    logging::init(options.log_format, &options.log_level);
+    Logs {
+        format: options.log_format,
+        output: Output::Stderr,
+        filter: &options.log_level,
+        filter_from: "--log-level",
+    }
+    .init();
     // The main thread's runtime runs reloads and the admin server; proxied
     // requests get worker threads of their own (see the lib).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -20,27 +28,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sidekey_sidecar::run(&options, shutdown_signal())) {
+    match runtime.block_on(sidekey_sidecar::run(&options, signal::shutdown())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = e.code(), reason = %e, "sidekey-sidecar stopped");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use sidekey_plumbing::logging::LogFormat;
 
 use crate::error::Error;
 
@@ -71,12 +72,6 @@ pub struct Options {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 20.0, value_parser = positive_seconds)]
     pub shutdown_grace: f64,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl Options {

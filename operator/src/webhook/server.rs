@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use sidekey_plumbing::admin::{answer, text};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::configuration::MUTATE_PATH;
 use super::review::Admission;
-use crate::admin::text;
 
 /// Largest admission review accepted: a pod is at most about 1.5 MiB in
 /// etcd, and the review carries it once.
@@ -91,14 +91,7 @@ async fn handle(admission: &Arc<Admission>, request: Request<Incoming>) -> Respo
             };
             let review = admission.review(&body).await;
             match serde_json::to_vec(&review) {
-                Ok(json) => {
-                    let mut response = Response::new(Full::new(Bytes::from(json)));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("application/json"),
-                    );
-                    response
-                }
+                Ok(json) => answer(StatusCode::OK, "application/json", json),
                 Err(e) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("cannot encode the answer: {e}\n"),

@@ -1,5 +1,5 @@
 //! Accepts connections and serves HTTP/1.1 and HTTP/2 (prior knowledge,
-//! h2c) on them, until told to stop; then lets in-flight requests finish.
+//! h2c) on them until told to stop; then lets in-flight requests finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,16 +13,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-/// Serves `listener` with `handler`. `name` says which server a log line
-/// is about, `datasource` which datasource a proxy listener serves.
+/// Serves `listener` with `handler` until `shutdown` completes, then gives
+/// in-flight requests `grace` to finish. `name` says which server a log
+/// line is about (the `server` field), `datasource` which datasource it
+/// serves, if one.
 pub async fn serve<F, Fut, B>(
     name: &'static str,
     datasource: Option<Arc<str>>,
     listener: TcpListener,
     handler: F,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -40,10 +41,11 @@ pub async fn serve<F, Fut, B>(
         .writev(false);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = &mut shutdown => break,
         };
         let (stream, _peer) = match accepted {
             Ok(a) => a,
@@ -82,5 +84,51 @@ pub async fn serve<F, Fut, B>(
             datasource = datasource.as_deref(),
             "in-flight requests did not finish within the grace period"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_until_shutdown_then_stops_accepting() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            "test",
+            None,
+            listener,
+            |_request| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hi")))) },
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
+
+        // HTTP/1.0 without keep-alive: the server closes after the answer.
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.expect("read");
+        assert!(raw.starts_with("HTTP/1.0 200 OK\r\n"), "{raw}");
+        assert!(raw.ends_with("\r\n\r\nhi"), "{raw}");
+
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("stops within the grace period")
+            .expect("no panic");
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
     }
 }
