@@ -13,8 +13,6 @@ use common::*;
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tonic::codegen::Service as _;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -92,9 +90,6 @@ impl Drop for GrpcUpstream {
 
 impl GrpcUpstream {
     async fn start(pki: &Pki) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let acceptor = TlsAcceptor::from(Arc::new(pki.server_config()));
         let reporter = HealthReporter::new();
         let seen = Arc::new(Seen::default());
         let gate = seen.clone();
@@ -105,29 +100,21 @@ impl GrpcUpstream {
             }),
             check,
         );
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    // HealthServer is always ready: no poll_ready needed.
-                    let service = hyper::service::service_fn(move |request| {
-                        let mut service = service.clone();
-                        async move { service.call(request).await }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .http2_only()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
+        let (port, task) = upstream::accept_tls(pki, move |tls| {
+            // HealthServer is always ready: no poll_ready needed.
+            let service = service.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let mut service = service.clone();
+                async move { service.call(request).await }
+            });
+            async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .http2_only()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             }
-        });
+        })
+        .await;
         Self {
             port,
             reporter,
@@ -181,6 +168,20 @@ fn sidecar_for(pki: &Pki, upstream: &GrpcUpstream) -> (Workspace, sidecar::Sidec
     (ws, sidecar)
 }
 
+/// The upstream, the sidecar in front of it and the app's client.
+async fn connected() -> (
+    GrpcUpstream,
+    Workspace,
+    sidecar::Sidecar,
+    HealthClient<Channel>,
+) {
+    let pki = Pki::new("grpc");
+    let upstream = GrpcUpstream::start(&pki).await;
+    let (ws, sidecar) = sidecar_for(&pki, &upstream);
+    let client = app(&sidecar).await;
+    (upstream, ws, sidecar, client)
+}
+
 /// The app's client: plain HTTP/2 (prior knowledge) to the sidecar.
 async fn app(sidecar: &sidecar::Sidecar) -> HealthClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{}", sidecar.addr))
@@ -209,10 +210,7 @@ fn check(service: &str) -> HealthCheckRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_call_succeeds_with_the_sidecars_bearer_token() {
-    let pki = Pki::new("grpc");
-    let upstream = GrpcUpstream::start(&pki).await;
-    let (_ws, sidecar) = sidecar_for(&pki, &upstream);
-    let mut client = app(&sidecar).await;
+    let (upstream, _ws, sidecar, mut client) = connected().await;
 
     // The app's own authorization is replaced, as for any request.
     let mut request = Request::new(check(""));
@@ -241,10 +239,7 @@ async fn unary_call_succeeds_with_the_sidecars_bearer_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_status_and_message_reach_the_app() {
-    let pki = Pki::new("grpc");
-    let upstream = GrpcUpstream::start(&pki).await;
-    let (_ws, sidecar) = sidecar_for(&pki, &upstream);
-    let mut client = app(&sidecar).await;
+    let (upstream, _ws, sidecar, mut client) = connected().await;
 
     // A status with no data: tonic sends it in a trailers-only response.
     let status = client

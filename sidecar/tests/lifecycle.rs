@@ -313,12 +313,7 @@ async fn no_secret_reaches_logs_or_error_bodies_with_oauth2_and_signature() {
     let signature = header(&echo, "x-appsmith-signature")
         .expect("signature")
         .to_owned();
-    upstream
-        .state
-        .revoked
-        .lock()
-        .expect("lock")
-        .insert(first.clone());
+    upstream.revoke(&first);
     get_echo(&sidecar, "/b").await;
     let failed = client()
         .get(sidecar.url("/sleep/3000"))

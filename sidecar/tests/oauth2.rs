@@ -250,16 +250,8 @@ async fn upstream_401_renews_the_token_once_and_retries_the_request() {
         "",
     );
     let sidecar = sidecar::start(&ws);
-    let first = get_echo(&sidecar, "/a").await;
-    let old = header(&first, "authorization")
-        .expect("authorization")
-        .to_owned();
-    upstream
-        .state
-        .revoked
-        .lock()
-        .expect("lock")
-        .insert(old.clone());
+    let old = authorization_sent(&sidecar, "/a").await;
+    upstream.revoke(&old);
 
     let response = client()
         .post(sidecar.url("/charges"))
@@ -318,9 +310,19 @@ async fn token_endpoint_down_gets_503_with_a_json_body() {
     assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 0);
 }
 
-fn authorization_code_workspace(pki: &Pki, upstream: &str, token_url: &str) -> Workspace {
+/// An authorization-code datasource, with the operator's `refresh_token`
+/// in its Secret when one is given.
+fn authorization_code_workspace(
+    pki: &Pki,
+    upstream: &str,
+    token_url: &str,
+    refresh_token: Option<&str>,
+) -> Workspace {
     use common::oauth::{USER_CLIENT, USER_SECRET};
     let ws = workspace(pki);
+    if let Some(token) = refresh_token {
+        ws.write_secret("payments-sidekey-oauth", "refresh-token", token);
+    }
     ws.write_secret("payments-oauth", "client-secret", USER_SECRET);
     ws.write_datasource(&manifest(
         upstream,
@@ -331,12 +333,19 @@ fn authorization_code_workspace(pki: &Pki, upstream: &str, token_url: &str) -> W
     ws
 }
 
+/// An authorization-code datasource with the refresh token `server`
+/// minted, requesting tokens at `token_url`.
+fn authorized(pki: &Pki, upstream: &Upstream, server: &OAuthServer, token_url: &str) -> Workspace {
+    let token = server.refresh_token();
+    authorization_code_workspace(pki, &upstream.url(), token_url, Some(&token))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_code_without_a_refresh_token_is_not_ready_and_says_why() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
     let server = OAuthServer::start(&pki, 300);
-    let ws = authorization_code_workspace(&pki, &upstream.url(), &server.token_url());
+    let ws = authorization_code_workspace(&pki, &upstream.url(), &server.token_url(), None);
     let sidecar = sidecar::start(&ws);
     let ready = client()
         .get(sidecar.admin_url("/readyz"))
@@ -363,12 +372,7 @@ async fn authorization_code_refreshes_with_the_rotated_refresh_token() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
     let server = OAuthServer::start_with_refresh_token(&pki, 2);
-    let ws = authorization_code_workspace(&pki, &upstream.url(), &server.token_url());
-    ws.write_secret(
-        "payments-sidekey-oauth",
-        "refresh-token",
-        &server.refresh_token(),
-    );
+    let ws = authorized(&pki, &upstream, &server, &server.token_url());
     let sidecar = sidecar::start(&ws);
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
@@ -564,26 +568,13 @@ async fn a_renewal_outlives_the_request_that_asked_for_it() {
     let upstream = Upstream::start(&pki).await;
     let server = OAuthServer::start_with_refresh_token(&pki, 300);
     let relay = SlowRelay::start(server.port).await;
-    let ws = authorization_code_workspace(&pki, &upstream.url(), &relay.token_url());
-    ws.write_secret(
-        "payments-sidekey-oauth",
-        "refresh-token",
-        &server.refresh_token(),
-    );
+    let ws = authorized(&pki, &upstream, &server, &relay.token_url());
     let sidecar = sidecar::start(&ws);
-    let first = get_echo(&sidecar, "/a").await;
-    let old = header(&first, "authorization")
-        .expect("authorization")
-        .to_owned();
+    let old = authorization_sent(&sidecar, "/a").await;
     // The upstream refuses the token: the next request makes the sidecar
     // refresh it, and the server's answer (with the rotated refresh token)
     // takes 2 s to come back.
-    upstream
-        .state
-        .revoked
-        .lock()
-        .expect("lock")
-        .insert(old.clone());
+    upstream.revoke(&old);
     relay.hold(Duration::from_secs(2));
     // The app gives up and drops its HTTP/2 stream mid-refresh.
     let impatient = reqwest::Client::builder()

@@ -9,7 +9,9 @@ pub mod upstream;
 
 pub use pki::Pki;
 #[allow(unused_imports)]
-pub use sidecar::{Workspace, client, get_echo, get_echo_at, get_echo_with, header};
+pub use sidecar::{
+    Workspace, authorization_sent, client, get_echo, get_echo_at, get_echo_with, header,
+};
 #[allow(unused_imports)]
 pub use upstream::Upstream;
 

@@ -348,6 +348,14 @@ pub async fn get_echo_at(
     serde_json::from_str(&body).expect("echo json")
 }
 
+/// The `Authorization` header a GET of `path` reached the upstream with.
+pub async fn authorization_sent(sidecar: &Sidecar, path: &str) -> String {
+    let echo = get_echo(sidecar, path).await;
+    header(&echo, "authorization")
+        .expect("authorization")
+        .to_owned()
+}
+
 /// The one value of header `name` in an echo.
 pub fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
     let values = echo["headers"][name].as_array()?;

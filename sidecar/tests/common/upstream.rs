@@ -19,8 +19,9 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::pki::Pki;
 
@@ -49,37 +50,63 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(pki: &Pki) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let port = listener.local_addr().expect("addr").port();
-        let acceptor = TlsAcceptor::from(Arc::new(pki.server_config()));
         let state = Arc::new(UpstreamState::default());
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = service_fn(move |r| handle(state.clone(), r));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
+        let (port, task) = accept_tls(pki, move |tls| {
+            let state = shared.clone();
+            async move {
+                let service = service_fn(move |r| handle(state.clone(), r));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             }
-        });
+        })
+        .await;
         Self { port, state, task }
+    }
+
+    /// From now on, answers 401 to requests carrying `authorization`.
+    pub fn revoke(&self, authorization: &str) {
+        self.state
+            .revoked
+            .lock()
+            .expect("lock")
+            .insert(authorization.to_owned());
     }
 
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
+}
+
+/// Accepts TLS connections on 127.0.0.1, with the server certificate of
+/// `pki`, and hands each to `serve`; stops when the task is aborted.
+pub async fn accept_tls<F, Fut>(pki: &Pki, serve: F) -> (u16, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    let acceptor = TlsAcceptor::from(Arc::new(pki.server_config()));
+    let serve = Arc::new(serve);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    serve(tls).await;
+                }
+            });
+        }
+    });
+    (port, task)
 }
 
 type Body = BoxBody<Bytes, Infallible>;

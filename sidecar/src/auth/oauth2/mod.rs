@@ -79,11 +79,7 @@ impl OAuth2 {
     }
 
     fn usable(&self) -> Option<Arc<Credential>> {
-        let token = self.token.load();
-        token
-            .as_ref()
-            .filter(|t| Instant::now() < t.usable_until)
-            .map(|t| t.credential.clone())
+        renewal::usable(&self.token)
     }
 
     /// A usable token other than `rejected`: the one held, or the renewal

@@ -32,12 +32,21 @@ const IDLE: Duration = Duration::from_secs(24 * 3600);
 pub struct Token {
     pub credential: Arc<Credential>,
     pub expires_at: Instant,
-    pub usable_until: Instant,
+    usable_until: Instant,
     renew_at: Instant,
 }
 
 /// The token requests publish; `None` until the first one arrives.
 pub type Published = Arc<ArcSwapOption<Token>>;
+
+/// The published credential, while it is still usable.
+pub fn usable(token: &Published) -> Option<Arc<Credential>> {
+    let token = token.load();
+    token
+        .as_ref()
+        .filter(|t| Instant::now() < t.usable_until)
+        .map(|t| t.credential.clone())
+}
 
 /// What requests send the task: "I need a token", and, after a 401, the
 /// credential the upstream rejected.
@@ -108,7 +117,7 @@ impl Renewal {
                     next = tokio::time::Instant::now() + self.next_delay(retrying.as_mut());
                 }
                 Some((serial, rejected)) => {
-                    let needed = match self.usable() {
+                    let needed = match usable(&self.token) {
                         None => true,
                         Some(current) => {
                             rejected.as_ref().is_some_and(|r| Arc::ptr_eq(r, &current))
@@ -135,14 +144,6 @@ impl Renewal {
                 }
             }
         }
-    }
-
-    fn usable(&self) -> Option<Arc<Credential>> {
-        let token = self.token.load();
-        token
-            .as_ref()
-            .filter(|t| Instant::now() < t.usable_until)
-            .map(|t| t.credential.clone())
     }
 
     /// One token request; its outcome is published, a failure starts (or
