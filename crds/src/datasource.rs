@@ -351,6 +351,11 @@ pub struct ApiDatasourceStatus {
     /// The ConfigMap holding the resolved spec the sidecar reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<String>,
+    /// For `grantType: AuthorizationCode` while the datasource waits for a
+    /// person to authorize it: the operator's link to open in a browser. It
+    /// works once, within 15 minutes of being issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
 }
 
 fn default_true() -> bool {

@@ -10,7 +10,7 @@ pub mod secret;
 
 pub use datasource::*;
 pub use resolved::{
-    ResolvedAuthentication, ResolvedDatasource, ResolvedOAuth2, ResolvedSignature, ResolvedTls,
-    SecretFile, SecretPurpose, SecretUse, SpecError,
+    OAuthTokenFiles, ResolvedAuthentication, ResolvedDatasource, ResolvedOAuth2, ResolvedSignature,
+    ResolvedTls, SecretFile, SecretPurpose, SecretUse, SpecError,
 };
 pub use secret::SecretValue;

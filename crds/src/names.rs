@@ -110,8 +110,21 @@ pub fn secret_file_path(secret: &str, key: &str) -> String {
 /// for a datasource with the authorization-code grant: `<datasource>-sidekey-oauth`.
 /// The sidecar reads it, when mounted, as `<secrets-dir>/<that secret>/<key>`.
 pub const OAUTH_TOKEN_SECRET_SUFFIX: &str = "-sidekey-oauth";
-/// Key of the refresh token in that Secret.
+/// Key of the refresh token in that Secret. Only the operator reads it in
+/// a cluster; the local mode's sidecar refreshes with it by itself.
 pub const REFRESH_TOKEN_KEY: &str = "refresh-token";
+/// Key of the current access token in that Secret, mounted into sidecars.
+pub const ACCESS_TOKEN_KEY: &str = "access-token";
+/// Key of the access token's expiry (RFC 3339) in that Secret, mounted
+/// into sidecars beside it.
+pub const EXPIRES_AT_KEY: &str = "expires-at";
+
+/// Path, on the operator's authorization endpoint, that starts a
+/// datasource's authorization: `<path>/<namespace>/<name>?nonce=...`.
+pub const OAUTH_AUTHORIZE_PATH: &str = "/oauth2/authorize";
+/// Path, on the operator's authorization endpoint, of the OAuth 2.0
+/// callback; a datasource's `redirectUrl` points at it.
+pub const OAUTH_CALLBACK_PATH: &str = "/oauth2/callback";
 
 #[cfg(test)]
 mod tests {

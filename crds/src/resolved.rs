@@ -34,6 +34,25 @@ pub struct ResolvedDatasource {
     pub authentication: ResolvedAuthentication,
 }
 
+/// The keys of the Secret `<datasource>-sidekey-oauth`, which the
+/// operator writes for the authorization-code grant. In a cluster the
+/// operator alone refreshes: the webhook mounts only the access token and
+/// its expiry, never the refresh token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuthTokenFiles {
+    pub access_token: SecretFile,
+    /// RFC 3339.
+    pub expires_at: SecretFile,
+    pub refresh_token: SecretFile,
+}
+
+impl OAuthTokenFiles {
+    /// What the webhook mounts into a sidecar.
+    pub fn mounted(&self) -> [&SecretFile; 2] {
+        [&self.access_token, &self.expires_at]
+    }
+}
+
 /// A secret reference and where the sidecar reads it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
@@ -432,21 +451,31 @@ impl ResolvedDatasource {
         self.secret_uses().into_iter().map(|u| u.file).collect()
     }
 
-    /// For the authorization-code grant: the refresh token the operator
-    /// stores in `<datasource>-sidekey-oauth`, which the webhook mounts
-    /// (optional: absent until a person authorizes) and the sidecar reads.
-    pub fn refresh_token_file(&self) -> Option<SecretFile> {
+    /// For the authorization-code grant: the files of the Secret
+    /// `<datasource>-sidekey-oauth` in which the operator keeps its tokens.
+    pub fn oauth_token_files(&self) -> Option<OAuthTokenFiles> {
         match &self.authentication {
             ResolvedAuthentication::OAuth2(o) if o.grant_type == GrantType::AuthorizationCode => {
                 let secret = names::oauth_token_secret_name(&self.name);
-                Some(SecretFile {
-                    path: names::secret_file_path(&secret, names::REFRESH_TOKEN_KEY),
-                    secret,
-                    key: names::REFRESH_TOKEN_KEY.to_owned(),
+                let file = |key: &str| SecretFile {
+                    path: names::secret_file_path(&secret, key),
+                    secret: secret.clone(),
+                    key: key.to_owned(),
+                };
+                Some(OAuthTokenFiles {
+                    access_token: file(names::ACCESS_TOKEN_KEY),
+                    expires_at: file(names::EXPIRES_AT_KEY),
+                    refresh_token: file(names::REFRESH_TOKEN_KEY),
                 })
             }
             _ => None,
         }
+    }
+
+    /// For the authorization-code grant: the refresh token the operator
+    /// stores, which a sidecar in local mode reads to refresh by itself.
+    pub fn refresh_token_file(&self) -> Option<SecretFile> {
+        self.oauth_token_files().map(|f| f.refresh_token)
     }
 
     /// Parses a datasource file: an `ApiDatasource` manifest or the resolved
@@ -650,6 +679,18 @@ spec:
             .refresh_token_file()
             .expect("file");
         assert_eq!(file.path, "payments-sidekey-oauth/refresh-token");
+        let files = parse(&yaml)
+            .expect("valid")
+            .oauth_token_files()
+            .expect("files");
+        let mounted: Vec<&str> = files.mounted().iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            mounted,
+            [
+                "payments-sidekey-oauth/access-token",
+                "payments-sidekey-oauth/expires-at"
+            ]
+        );
     }
 
     #[test]
