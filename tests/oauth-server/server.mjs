@@ -12,7 +12,7 @@
 //
 // Usage: node server.mjs --clients clients.json [--ttl SECONDS]
 //        [--tls-cert cert.pem --tls-key key.pem] [--extra-param NAME ...]
-//        [--mint-refresh-token CLIENT_ID]
+//        [--mint-refresh-token CLIENT_ID] [--interactive]
 // Prints one JSON line {"port": N} once it listens on 127.0.0.1, then one
 // JSON line per token request ({"event": "grant.success" | "grant.error", ...}).
 //
@@ -24,6 +24,12 @@
 // prints {"refresh_token": "..."} before the port line. Refresh tokens rotate
 // on every use, so a client that reuses a spent one is caught (the server
 // then revokes the whole grant, as OAuth 2.0 security practice asks).
+//
+// --interactive turns on the authorization code flow as a browser sees it:
+// oidc-provider's own development login and consent pages (any login and
+// password sign in; "[ Cancel ]" answers error=access_denied), PKCE, and a
+// refresh token for every authorization_code + refresh_token client. Token
+// revocation (RFC 7009) is on, so a test can revoke a refresh token.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -43,6 +49,7 @@ const { values: args } = parseArgs({
     'extra-param': { type: 'string', multiple: true, default: ['audience', 'tenant'] },
     'default-resource': { type: 'string', default: 'https://api.sidekey.test' },
     'mint-refresh-token': { type: 'string' },
+    interactive: { type: 'boolean', default: false },
   },
 });
 
@@ -77,7 +84,8 @@ const provider = new Provider('http://127.0.0.1', {
   cookies: { keys: [randomBytes(32).toString('hex')] },
   scopes: ['openid', 'offline_access', ...SCOPES],
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: args.interactive },
+    revocation: { enabled: true },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -94,6 +102,10 @@ const provider = new Provider('http://127.0.0.1', {
   },
   ttl: { ClientCredentials: ttl, AccessToken: ttl, Grant: 3600, RefreshToken: 3600 },
   rotateRefreshToken: true,
+  // OpenID Connect ties refresh tokens to `offline_access` (and that scope
+  // to prompt=consent); a plain OAuth 2.0 client asks for neither.
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  pkce: { required: () => args.interactive },
   extraTokenClaims: async (ctx) => {
     const received = {};
     for (const name of extraParams) {
