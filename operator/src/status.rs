@@ -98,6 +98,8 @@ pub fn desired(
         }],
         observed_generation: generation,
         config_map,
+        // Not written by the operator yet (issue 8).
+        authorization_url: None,
     }
 }
 
