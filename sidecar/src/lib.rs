@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use error::Error;
+pub use error::{ConfigError, RequestError, StartupError};
 pub use options::{LogFormat, Options};
 
 use admin::Admin;
@@ -107,7 +107,7 @@ struct Loaded {
 
 /// Loads every datasource (a broken one is an error here: nothing to fall
 /// back on yet), binds the listeners and starts serving.
-pub async fn start(options: &Options) -> Result<Running, Error> {
+pub async fn start(options: &Options) -> Result<Running, StartupError> {
     options.validate()?;
     let timeouts = Timeouts {
         connect: options.connect_timeout(),
@@ -120,9 +120,9 @@ pub async fn start(options: &Options) -> Result<Running, Error> {
         let reading = locations.clone();
         let (fingerprint, sources) = tokio::task::spawn_blocking(move || reading.read())
             .await
-            .map_err(|e| Error::ReadDatasource {
+            .map_err(|e| ConfigError::ReadDatasource {
                 path: path.clone(),
-                reason: e.to_string(),
+                source: std::io::Error::other(e),
             })?;
         read.push((locations, fingerprint, sources?));
     }
@@ -222,7 +222,7 @@ fn load(
     sources: &Sources,
     registry: &metrics::Registry,
     timeouts: &Timeouts,
-) -> Result<State, Error> {
+) -> Result<State, ConfigError> {
     let name = sources.datasource.name.as_str();
     let metrics = registry.datasource(name);
     let snapshot = Snapshot::build(sources, None, timeouts, &metrics, slot)?;
@@ -245,11 +245,11 @@ fn load(
 /// Refuses two datasource files that name the same datasource.
 fn unique_names<'a>(
     datasources: impl Iterator<Item = (&'a PathBuf, &'a String)>,
-) -> Result<(), Error> {
+) -> Result<(), StartupError> {
     let mut seen: HashMap<&str, &PathBuf> = HashMap::new();
     for (path, name) in datasources {
         if let Some(first) = seen.insert(name, path) {
-            return Err(Error::DuplicateDatasourceName {
+            return Err(StartupError::DuplicateDatasourceName {
                 name: name.clone(),
                 first: first.clone(),
                 second: path.clone(),
@@ -267,11 +267,8 @@ fn spawn_worker(
     served: Vec<(std::net::TcpListener, Arc<State>)>,
     stopped: watch::Receiver<bool>,
     grace: std::time::Duration,
-) -> Result<oneshot::Receiver<()>, Error> {
-    let failed = |e: std::io::Error| Error::Worker {
-        index,
-        reason: e.to_string(),
-    };
+) -> Result<oneshot::Receiver<()>, StartupError> {
+    let failed = |source: std::io::Error| StartupError::Worker { index, source };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -326,15 +323,12 @@ fn spawn_worker(
 fn bind_shared(
     addr: SocketAddr,
     count: usize,
-) -> Result<(SocketAddr, Vec<std::net::TcpListener>), Error> {
-    let failed = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            Error::AddressInUse { addr }
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartupError> {
+    let failed = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartupError::AddressInUse { addr }
         } else {
-            Error::Bind {
-                addr,
-                reason: e.to_string(),
-            }
+            StartupError::Bind { addr, source }
         }
     };
     let shared = count > 1;
@@ -377,7 +371,10 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
 }
 
 /// Starts the sidecar and serves until `shutdown` completes.
-pub async fn run(options: &Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    options: &Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartupError> {
     let running = start(options).await?;
     shutdown.await;
     tracing::info!("shutting down");
@@ -385,17 +382,16 @@ pub async fn run(options: &Options, shutdown: impl Future<Output = ()>) -> Resul
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|e| Error::Bind {
-        addr,
-        reason: e.to_string(),
-    })
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
 }
 
-fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, Error> {
-    listener.local_addr().map_err(|e| Error::Bind {
+fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartupError> {
+    listener.local_addr().map_err(|source| StartupError::Bind {
         addr: asked,
-        reason: e.to_string(),
+        source,
     })
 }
 

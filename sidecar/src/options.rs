@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 pub use sidekey_plumbing::logging::LogFormat;
 
-use crate::error::Error;
+use crate::error::StartupError;
 
 /// A loopback proxy that adds an API datasource's credentials, default
 /// headers and query parameters, and signature to every request; one
@@ -78,23 +78,23 @@ impl Options {
     /// Refuses what the flags' types cannot: no datasource, a `--listen`
     /// count that does not match the `--datasource` count, a proxy address
     /// off loopback, or one address given to two datasources.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), StartupError> {
         if self.datasource.is_empty() {
-            return Err(Error::NoDatasource);
+            return Err(StartupError::NoDatasource);
         }
         if self.listen.len() != self.datasource.len() {
-            return Err(Error::ListenCountMismatch {
+            return Err(StartupError::ListenCountMismatch {
                 datasources: self.datasource.len(),
                 listens: self.listen.len(),
             });
         }
         for (index, addr) in self.listen.iter().enumerate() {
             if !addr.ip().is_loopback() {
-                return Err(Error::NonLoopbackListen { addr: *addr });
+                return Err(StartupError::NonLoopbackListen { addr: *addr });
             }
             // Port 0 asks the kernel for a free port: never the same twice.
             if addr.port() != 0 && self.listen[..index].contains(addr) {
-                return Err(Error::DuplicateListen { addr: *addr });
+                return Err(StartupError::DuplicateListen { addr: *addr });
             }
         }
         Ok(())
@@ -212,7 +212,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::ListenCountMismatch {
+                StartupError::ListenCountMismatch {
                     datasources: 2,
                     listens: 1
                 }
@@ -238,7 +238,7 @@ mod tests {
         let err = twice("127.0.0.1:15000")
             .validate()
             .expect_err("same address");
-        assert!(matches!(err, Error::DuplicateListen { .. }), "{err}");
+        assert!(matches!(err, StartupError::DuplicateListen { .. }), "{err}");
         assert!(err.to_string().contains("127.0.0.1:15000"), "{err}");
         assert!(twice("127.0.0.1:0").validate().is_ok());
     }
@@ -255,6 +255,9 @@ mod tests {
             "--listen",
             "0.0.0.0:15001",
         ]);
-        assert!(matches!(o.validate(), Err(Error::NonLoopbackListen { .. })));
+        assert!(matches!(
+            o.validate(),
+            Err(StartupError::NonLoopbackListen { .. })
+        ));
     }
 }

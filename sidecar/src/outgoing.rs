@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, Request, Uri, Version, request};
 use sidekey_crds::ResolvedDatasource;
 use url::form_urlencoded;
 
-use crate::error::Error;
+use crate::error::{BoxError, ConfigError, RequestError};
 use crate::hop_by_hop;
 use crate::upstream::UpstreamBody;
 
@@ -28,21 +28,22 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(ds: &ResolvedDatasource) -> Result<Self, Error> {
-        let invalid = |reason: String| Error::InvalidSetting {
+    pub fn new(ds: &ResolvedDatasource) -> Result<Self, ConfigError> {
+        let invalid = |source: BoxError| ConfigError::InvalidUrl {
             field: "url",
-            reason,
+            source,
         };
-        let url = url::Url::parse(&ds.url).map_err(|e| invalid(e.to_string()))?;
-        let scheme = Scheme::try_from(url.scheme()).map_err(|e| invalid(e.to_string()))?;
-        let host = url
-            .host_str()
-            .ok_or_else(|| invalid("the URL has no host".into()))?;
+        let url = url::Url::parse(&ds.url).map_err(|e| invalid(e.into()))?;
+        let scheme = Scheme::try_from(url.scheme()).map_err(|e| invalid(e.into()))?;
+        let host = url.host_str().ok_or_else(|| ConfigError::InvalidSetting {
+            field: "url",
+            reason: "the URL has no host".into(),
+        })?;
         let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        let authority = Authority::try_from(authority).map_err(|e| invalid(e.to_string()))?;
+        let authority = Authority::try_from(authority).map_err(|e| invalid(e.into()))?;
         let base_path = url.path().trim_end_matches('/').to_owned();
 
         let mut query = form_urlencoded::Serializer::new(url.query().unwrap_or("").to_owned());
@@ -53,7 +54,7 @@ impl Target {
 
         let mut headers: Vec<(HeaderName, Vec<HeaderValue>)> = Vec::new();
         for h in &ds.headers {
-            let bad = || Error::InvalidHeaderValue {
+            let bad = || ConfigError::InvalidHeaderValue {
                 field: "headers",
                 name: h.name.clone(),
             };
@@ -173,18 +174,20 @@ impl Outgoing {
         &mut self,
         body: UpstreamBody,
         keep: bool,
-    ) -> Result<Request<UpstreamBody>, Error> {
+    ) -> Result<Request<UpstreamBody>, RequestError> {
         let path_and_query = PathAndQuery::try_from(self.path_and_query.as_str()).map_err(|e| {
-            Error::BadRequest {
-                reason: format!("the request path cannot be forwarded: {e}"),
+            RequestError::BadRequest {
+                what: "the request path cannot be forwarded",
+                source: e.into(),
             }
         })?;
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path_and_query);
-        let uri = Uri::from_parts(parts).map_err(|e| Error::BadRequest {
-            reason: format!("the request URI cannot be built: {e}"),
+        let uri = Uri::from_parts(parts).map_err(|e| RequestError::BadRequest {
+            what: "the request URI cannot be built",
+            source: e.into(),
         })?;
         let headers = if keep {
             self.headers.clone()

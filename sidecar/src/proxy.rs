@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
 use crate::auth::{Authenticate, Credential};
-use crate::error::Error;
+use crate::error::{RequestError, chain};
 use crate::hop_by_hop;
 use crate::outgoing::Outgoing;
 use crate::snapshot::Snapshot;
@@ -45,7 +45,12 @@ pub async fn handle(
     let mut response = match forward(&state, &snapshot, request).await {
         Ok(response) => response,
         Err(e) => {
-            tracing::warn!(datasource = %state.name, error = e.code(), reason = %e, "request failed");
+            tracing::warn!(
+                datasource = %state.name,
+                error = e.code(),
+                reason = %chain(&e),
+                "request failed"
+            );
             e.to_response().map(Either::Right)
         }
     };
@@ -74,7 +79,7 @@ async fn forward(
     state: &State,
     snapshot: &Snapshot,
     request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Error> {
+) -> Result<Response<ProxyBody>, RequestError> {
     let (parts, body) = request.into_parts();
     let mut outgoing = snapshot.target.outgoing(parts);
     let auth = &snapshot.auth;
@@ -83,8 +88,9 @@ async fn forward(
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| Error::BadRequest {
-                    reason: format!("reading the request body failed: {e}"),
+                .map_err(|e| RequestError::BadRequest {
+                    what: "reading the request body failed",
+                    source: e.into(),
                 })?
                 .to_bytes();
             AppBody::Kept(bytes)
@@ -130,7 +136,7 @@ async fn forward(
     }
 }
 
-async fn credential_for(auth: &dyn Authenticate) -> Result<Arc<Credential>, Error> {
+async fn credential_for(auth: &dyn Authenticate) -> Result<Arc<Credential>, RequestError> {
     match auth.current() {
         Some(c) => Ok(c),
         None => auth.obtain().await,
@@ -141,7 +147,7 @@ fn prepare(
     snapshot: &Snapshot,
     outgoing: &mut Outgoing,
     credential: &Credential,
-) -> Result<(), Error> {
+) -> Result<(), RequestError> {
     credential.apply(outgoing);
     if let Some(signer) = &snapshot.signer {
         signer.apply(outgoing)?;
@@ -153,7 +159,7 @@ async fn send(
     state: &State,
     snapshot: &Snapshot,
     request: Request<crate::upstream::UpstreamBody>,
-) -> Result<Response<Incoming>, Error> {
+) -> Result<Response<Incoming>, RequestError> {
     let sent = Instant::now();
     let response = snapshot.upstream.send(request).await?;
     state.metrics.upstream_answered(sent.elapsed());

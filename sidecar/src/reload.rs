@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::error::Error;
+use crate::error::{ConfigError, chain};
 use crate::snapshot::Snapshot;
 use crate::sources::Locations;
 use crate::state::State;
@@ -44,7 +44,7 @@ pub async fn watch_files(
             // datasources served, as checked at startup.
             let named = sources.datasource.name.as_str();
             if named != &*state.name {
-                return Err(Error::DatasourceRenamed {
+                return Err(ConfigError::DatasourceRenamed {
                     path: locations.datasource.clone(),
                     from: state.name.to_string(),
                     to: named.to_owned(),
@@ -70,7 +70,7 @@ pub async fn watch_files(
                 tracing::error!(
                     datasource = %state.name,
                     error = e.code(),
-                    reason = %e,
+                    reason = %chain(&e),
                     "configuration change refused; the previous configuration keeps serving"
                 );
             }

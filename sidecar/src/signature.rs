@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use sidekey_crds::{ResolvedSignature, SecretFile, SecretValue, SignatureAlgorithm, names};
 
-use crate::error::Error;
+use crate::error::{ConfigError, RequestError, SigningError};
 use crate::outgoing::Outgoing;
 
 #[derive(Serialize)]
@@ -51,25 +51,25 @@ pub fn algorithm_for(configured: SignatureAlgorithm, key_len: usize) -> Algorith
 }
 
 impl Signer {
-    pub fn new(spec: &ResolvedSignature, key: &SecretValue) -> Result<Self, Error> {
+    pub fn new(spec: &ResolvedSignature, key: &SecretValue) -> Result<Self, ConfigError> {
         let length = key.char_len();
         if length < names::MIN_SIGNATURE_KEY_LEN {
-            return Err(Error::SignatureKeyTooShort {
+            return Err(ConfigError::SignatureKeyTooShort {
                 secret: spec.secret.secret.clone(),
                 key: spec.secret.key.clone(),
                 length,
                 min: names::MIN_SIGNATURE_KEY_LEN,
             });
         }
-        let invalid = |reason: String| Error::SignatureKey {
-            secret: spec.secret.secret.clone(),
-            key: spec.secret.key.clone(),
-            reason,
-        };
-        let header = HeaderName::from_bytes(spec.header_name.as_bytes())
-            .map_err(|e| invalid(format!("header name {:?}: {e}", spec.header_name)))?;
+        let invalid = |source| key_refused(&spec.secret, source);
+        let header = HeaderName::from_bytes(spec.header_name.as_bytes()).map_err(|source| {
+            invalid(SigningError::HeaderName {
+                name: spec.header_name.clone(),
+                source,
+            })
+        })?;
         let signing_key =
-            EncodingKey::from_secret(key.expose()).map_err(|e| invalid(e.to_string()))?;
+            EncodingKey::from_secret(key.expose()).map_err(|e| invalid(SigningError::Key(e)))?;
         let signer = Self {
             header,
             issuer: spec.issuer.clone(),
@@ -80,7 +80,7 @@ impl Signer {
             cache: ArcSwapOption::empty(),
         };
         // Fail at load time, not on the first request.
-        signer.sign(now_seconds())?;
+        signer.sign(now_seconds()).map_err(invalid)?;
         Ok(signer)
     }
 
@@ -89,13 +89,15 @@ impl Signer {
     }
 
     /// Sets the signature header, replacing any the app sent.
-    pub fn apply(&self, outgoing: &mut Outgoing) -> Result<(), Error> {
+    pub fn apply(&self, outgoing: &mut Outgoing) -> Result<(), RequestError> {
         let iat = now_seconds();
         let cached = self.cache.load();
         let value = match cached.as_deref() {
             Some(signed) if signed.iat == iat => signed.value.clone(),
             _ => {
-                let value = self.sign(iat)?;
+                let value = self
+                    .sign(iat)
+                    .map_err(|e| RequestError::Signing(key_refused(&self.file, e)))?;
                 self.cache.store(Some(Arc::new(Signed {
                     iat,
                     value: value.clone(),
@@ -107,22 +109,26 @@ impl Signer {
         Ok(())
     }
 
-    fn sign(&self, iat: u64) -> Result<HeaderValue, Error> {
+    fn sign(&self, iat: u64) -> Result<HeaderValue, SigningError> {
         let claims = Claims {
             iss: &self.issuer,
             iat,
             exp: iat + self.ttl_seconds,
         };
-        let failed = |reason: String| Error::SignatureKey {
-            secret: self.file.secret.clone(),
-            key: self.file.key.clone(),
-            reason,
-        };
         let jwt = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
-            .map_err(|e| failed(format!("signing failed: {e}")))?;
-        let mut value = HeaderValue::try_from(jwt).map_err(|e| failed(e.to_string()))?;
+            .map_err(SigningError::Sign)?;
+        let mut value = HeaderValue::try_from(jwt).map_err(SigningError::HeaderValue)?;
         value.set_sensitive(true);
         Ok(value)
+    }
+}
+
+/// The key in `file` cannot sign, for `source`'s reason.
+fn key_refused(file: &SecretFile, source: SigningError) -> ConfigError {
+    ConfigError::SignatureKey {
+        secret: file.secret.clone(),
+        key: file.key.clone(),
+        source,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sidekey_crds::{ResolvedAuthentication, SecretValue};
 
 use crate::auth::{self, Authenticate};
-use crate::error::Error;
+use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::outgoing::Target;
 use crate::signature::Signer;
@@ -54,7 +54,7 @@ impl Snapshot {
         timeouts: &Timeouts,
         metrics: &Metrics,
         slot: usize,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         let ds = &sources.datasource;
         let target = Target::new(ds)?;
 

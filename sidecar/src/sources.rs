@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sidekey_crds::{ResolvedDatasource, SecretFile, SecretValue};
 
-use crate::error::Error;
+use crate::error::{ConfigError, chain};
 
 /// The datasource and every secret value it needs, read from disk.
 pub struct Sources {
@@ -23,26 +23,27 @@ pub struct Sources {
 impl Sources {
     /// The value of a secret file the datasource names. Every such file was
     /// read when `self` was made, so a miss is a bug in the caller.
-    pub fn secret(&self, file: &SecretFile) -> Result<&SecretValue, Error> {
+    pub fn secret(&self, file: &SecretFile) -> Result<&SecretValue, ConfigError> {
         self.secrets
             .get(&file.path)
-            .ok_or_else(|| Error::ReadSecret {
+            .ok_or_else(|| ConfigError::SecretNotRead {
                 secret: file.secret.clone(),
                 key: file.key.clone(),
                 path: PathBuf::from(&file.path),
-                reason: "not read".into(),
             })
     }
 
     /// The secret as text, for values that go into headers or forms.
-    pub fn secret_text(&self, file: &SecretFile) -> Result<&str, Error> {
+    pub fn secret_text(&self, file: &SecretFile) -> Result<&str, ConfigError> {
         let value = self.secret(file)?;
-        let text = value.expose_str().ok_or_else(|| Error::SecretNotText {
-            secret: file.secret.clone(),
-            key: file.key.clone(),
-        })?;
+        let text = value
+            .expose_str()
+            .ok_or_else(|| ConfigError::SecretNotText {
+                secret: file.secret.clone(),
+                key: file.key.clone(),
+            })?;
         if text.is_empty() {
-            return Err(Error::SecretEmpty {
+            return Err(ConfigError::SecretEmpty {
                 secret: file.secret.clone(),
                 key: file.key.clone(),
             });
@@ -72,26 +73,28 @@ impl Locations {
     /// Reads everything, returning a fingerprint of what was found (errors
     /// included, so a broken state is recognised when it repeats) and the
     /// sources when they are complete.
-    pub fn read(&self) -> (u64, Result<Sources, Error>) {
+    pub fn read(&self) -> (u64, Result<Sources, ConfigError>) {
         let mut hasher = self.hasher.build_hasher();
         let result = self.read_into(&mut hasher);
         if let Err(e) = &result {
-            e.to_string().hash(&mut hasher);
+            chain(e).hash(&mut hasher);
         }
         (hasher.finish(), result)
     }
 
-    fn read_into(&self, hasher: &mut impl Hasher) -> Result<Sources, Error> {
-        let text =
-            std::fs::read_to_string(&self.datasource).map_err(|e| Error::ReadDatasource {
+    fn read_into(&self, hasher: &mut impl Hasher) -> Result<Sources, ConfigError> {
+        let text = std::fs::read_to_string(&self.datasource).map_err(|source| {
+            ConfigError::ReadDatasource {
                 path: self.datasource.clone(),
-                reason: e.to_string(),
-            })?;
-        text.hash(hasher);
-        let datasource = ResolvedDatasource::from_yaml(&text).map_err(|source| Error::Spec {
-            path: self.datasource.clone(),
-            source,
+                source,
+            }
         })?;
+        text.hash(hasher);
+        let datasource =
+            ResolvedDatasource::from_yaml(&text).map_err(|source| ConfigError::Spec {
+                path: self.datasource.clone(),
+                source,
+            })?;
 
         let mut secrets = HashMap::new();
         let mut first_error = None;
@@ -134,13 +137,13 @@ impl Locations {
         })
     }
 
-    fn read_secret(&self, file: &SecretFile) -> Result<SecretValue, Error> {
+    fn read_secret(&self, file: &SecretFile) -> Result<SecretValue, ConfigError> {
         let relative = Path::new(&file.path);
         if !relative
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
         {
-            return Err(Error::SecretPathEscapes {
+            return Err(ConfigError::SecretPathEscapes {
                 secret: file.secret.clone(),
                 key: file.key.clone(),
                 path: file.path.clone(),
@@ -148,11 +151,11 @@ impl Locations {
         }
         let path = self.secrets_dir.join(relative);
         // Follows the `..data` symlinks of a Secret volume to the current file.
-        let bytes = std::fs::read(&path).map_err(|e| Error::ReadSecret {
+        let bytes = std::fs::read(&path).map_err(|source| ConfigError::ReadSecret {
             secret: file.secret.clone(),
             key: file.key.clone(),
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         Ok(SecretValue::new(bytes).trim_trailing_newline())
     }
@@ -214,7 +217,7 @@ mod tests {
         };
         assert!(matches!(
             loc.read_secret(&file),
-            Err(Error::SecretPathEscapes { .. })
+            Err(ConfigError::SecretPathEscapes { .. })
         ));
     }
 }

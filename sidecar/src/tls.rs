@@ -10,7 +10,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sidekey_crds::{SecretFile, SecretValue};
 
-use crate::error::Error;
+use crate::error::{CaBundleError, ConfigError};
 
 /// A CA bundle as read from its Secret.
 pub struct CaBundle<'a> {
@@ -22,31 +22,34 @@ pub struct CaBundle<'a> {
 pub fn client_config(
     bundle: Option<CaBundle<'_>>,
     trust_system_roots: bool,
-) -> Result<Arc<ClientConfig>, Error> {
+) -> Result<Arc<ClientConfig>, ConfigError> {
     let mut roots = RootCertStore::empty();
     if trust_system_roots {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     if let Some(bundle) = bundle {
-        let invalid = |reason: String| Error::InvalidCertificate {
+        let invalid = |source: CaBundleError| ConfigError::InvalidCertificate {
             secret: bundle.file.secret.clone(),
             key: bundle.file.key.clone(),
-            reason,
+            source,
         };
         let certs = CertificateDer::pem_slice_iter(bundle.pem.expose())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid(format!("not a PEM bundle: {e}")))?;
+            .map_err(|e| invalid(CaBundleError::Pem(e)))?;
         if certs.is_empty() {
-            return Err(invalid("the PEM bundle holds no CERTIFICATE block".into()));
+            return Err(invalid(CaBundleError::Empty));
         }
         for (i, cert) in certs.into_iter().enumerate() {
-            roots
-                .add(cert)
-                .map_err(|e| invalid(format!("certificate {} of the bundle: {e}", i + 1)))?;
+            roots.add(cert).map_err(|source| {
+                invalid(CaBundleError::Certificate {
+                    number: i + 1,
+                    source,
+                })
+            })?;
         }
     }
     if roots.is_empty() {
-        return Err(Error::InvalidSetting {
+        return Err(ConfigError::InvalidSetting {
             field: "tls",
             reason: "trustSystemRoots is false and no caCertificateSecretRef is given: \
                      no certificate could be trusted"
@@ -56,9 +59,7 @@ pub fn client_config(
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls {
-            reason: e.to_string(),
-        })?
+        .map_err(|source| ConfigError::Tls { source })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -88,8 +89,9 @@ mod tests {
             true,
         )
         .expect_err("no certificate");
-        assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
-        assert!(err.to_string().contains("\"ca.crt\""), "{err}");
+        let text = crate::error::chain(&err);
+        assert!(text.contains("no CERTIFICATE"), "{text}");
+        assert!(text.contains("\"ca.crt\""), "{text}");
     }
 
     #[test]

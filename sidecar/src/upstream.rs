@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::error::{Error, chain};
+use crate::error::{RequestError, chain};
 
 /// A request body going upstream: kept whole (small, replayable) or
 /// streamed straight from the app.
@@ -87,11 +87,14 @@ impl Upstream {
 
     /// Sends `request` and waits for the response head, at most the
     /// configured timeout. The response body streams afterwards.
-    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, Error> {
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, RequestError> {
         match tokio::time::timeout(self.timeout, self.start(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(&e, self.timeout)),
-            Err(_) => Err(Error::UpstreamTimeout {
+            Ok(Err(e)) => Err(classify(e, self.timeout)),
+            Err(_) => Err(RequestError::UpstreamTimeout {
                 after: self.timeout,
             }),
         }
@@ -141,8 +144,8 @@ impl Settings {
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, timeout: Duration) -> Error {
-    if let Some(tls) = find::<rustls::Error>(e) {
+fn classify(e: hyper_util::client::legacy::Error, timeout: Duration) -> RequestError {
+    if let Some(tls) = find::<rustls::Error>(&e) {
         let hint = match tls {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
                 " (the upstream's certificate is not signed by a trusted CA: \
@@ -151,20 +154,21 @@ fn classify(e: &hyper_util::client::legacy::Error, timeout: Duration) -> Error {
             rustls::Error::InvalidCertificate(_) => " (the upstream's certificate was refused)",
             _ => "",
         };
-        return Error::UpstreamTls {
-            reason: format!("{tls}{hint}"),
+        return RequestError::UpstreamTls {
+            hint,
+            source: tls.clone(),
         };
     }
-    let timed_out = find::<std::io::Error>(e)
+    let timed_out = find::<std::io::Error>(&e)
         .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        || chain(e).contains("timed out");
+        || chain(&e).contains("timed out");
     if timed_out {
-        return Error::UpstreamTimeout { after: timeout };
+        return RequestError::UpstreamTimeout { after: timeout };
     }
     if e.is_connect() {
-        Error::UpstreamUnreachable { reason: chain(e) }
+        RequestError::UpstreamUnreachable { source: e }
     } else {
-        Error::UpstreamFailed { reason: chain(e) }
+        RequestError::UpstreamFailed { source: e }
     }
 }
 

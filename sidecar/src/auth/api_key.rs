@@ -5,7 +5,7 @@ use http::header::HeaderName;
 use sidekey_crds::{ApiKeyPlacement, SecretFile};
 
 use super::{Credential, Fixed};
-use crate::error::Error;
+use crate::error::ConfigError;
 use crate::sources::Sources;
 
 pub fn scheme(
@@ -14,9 +14,9 @@ pub fn scheme(
     prefix: Option<&str>,
     add_to: ApiKeyPlacement,
     sources: &Sources,
-) -> Result<Fixed, Error> {
+) -> Result<Fixed, ConfigError> {
     let secret = sources.secret_text(value)?;
-    let invalid = |reason: String| Error::InvalidSetting {
+    let invalid = |reason: String| ConfigError::InvalidSetting {
         field: "authentication.apiKey",
         reason,
     };

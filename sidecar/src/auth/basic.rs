@@ -6,10 +6,14 @@ use http::header::AUTHORIZATION;
 use sidekey_crds::SecretFile;
 
 use super::{Credential, Fixed};
-use crate::error::Error;
+use crate::error::ConfigError;
 use crate::sources::Sources;
 
-pub fn scheme(username: &str, password: &SecretFile, sources: &Sources) -> Result<Fixed, Error> {
+pub fn scheme(
+    username: &str,
+    password: &SecretFile,
+    sources: &Sources,
+) -> Result<Fixed, ConfigError> {
     let password_value = sources.secret(password)?;
     let mut plain = Vec::with_capacity(username.len() + 1 + password_value.len());
     plain.extend_from_slice(username.as_bytes());
@@ -18,7 +22,7 @@ pub fn scheme(username: &str, password: &SecretFile, sources: &Sources) -> Resul
     let value = format!("Basic {}", STANDARD.encode(&plain));
     plain.iter_mut().for_each(|b| *b = 0);
     let credential = Credential::header(AUTHORIZATION, value.as_bytes()).map_err(|reason| {
-        Error::InvalidSetting {
+        ConfigError::InvalidSetting {
             field: "authentication.basic",
             reason,
         }

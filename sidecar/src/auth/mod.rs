@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use http::header::{HeaderName, HeaderValue};
 use sidekey_crds::ResolvedAuthentication;
 
-use crate::error::Error;
+use crate::error::{ConfigError, RequestError};
 use crate::metrics::Metrics;
 use crate::outgoing::Outgoing;
 use crate::sources::Sources;
@@ -85,10 +85,12 @@ pub trait Authenticate: Send + Sync + 'static {
 
     /// Obtains a credential when [`Authenticate::current`] has none; only
     /// schemes that fetch credentials wait here.
-    fn obtain(&self) -> BoxFuture<'_, Result<Arc<Credential>, Error>> {
-        let result = self.current().ok_or_else(|| Error::TokenUnavailable {
-            reason: "no credential".into(),
-        });
+    fn obtain(&self) -> BoxFuture<'_, Result<Arc<Credential>, RequestError>> {
+        let result = self
+            .current()
+            .ok_or_else(|| RequestError::TokenUnavailable {
+                reason: "no credential".into(),
+            });
         Box::pin(std::future::ready(result))
     }
 
@@ -140,7 +142,7 @@ pub struct Setup<'a> {
 }
 
 /// The scheme the datasource asks for.
-pub fn from_config(setup: &Setup<'_>) -> Result<Arc<dyn Authenticate>, Error> {
+pub fn from_config(setup: &Setup<'_>) -> Result<Arc<dyn Authenticate>, ConfigError> {
     let sources = setup.sources;
     Ok(match &sources.datasource.authentication {
         ResolvedAuthentication::None => Arc::new(none::scheme()),

@@ -20,7 +20,7 @@ use sidekey_crds::ResolvedOAuth2;
 use tokio::sync::watch;
 
 use super::{Authenticate, Credential, Setup};
-use crate::error::Error;
+use crate::error::{ConfigError, RequestError};
 use renewal::{ASK_RETRY_PAUSE, Ask, Outcome, Published, Renewal};
 use token_endpoint::TokenEndpoint;
 
@@ -41,7 +41,7 @@ pub struct OAuth2 {
 impl OAuth2 {
     /// Builds the authenticator and starts its renewal task, which makes
     /// the first token request right away.
-    pub fn start(settings: &ResolvedOAuth2, setup: &Setup<'_>) -> Result<Arc<Self>, Error> {
+    pub fn start(settings: &ResolvedOAuth2, setup: &Setup<'_>) -> Result<Arc<Self>, ConfigError> {
         let sources = setup.sources;
         let client_secret = sources.secret_text(&settings.client_secret)?;
         let endpoint = TokenEndpoint::new(settings, client_secret, setup.tls, setup.token_timeout)?;
@@ -85,7 +85,10 @@ impl OAuth2 {
     /// A usable token other than `rejected`: the one held, or the renewal
     /// task's answer to an ask for one. Dropping the future drops only the
     /// wait; a token request the ask started runs to its end.
-    async fn ask(&self, rejected: Option<Arc<Credential>>) -> Result<Arc<Credential>, Error> {
+    async fn ask(
+        &self,
+        rejected: Option<Arc<Credential>>,
+    ) -> Result<Arc<Credential>, RequestError> {
         let fresh =
             |current: &Arc<Credential>| rejected.as_ref().is_none_or(|r| !Arc::ptr_eq(r, current));
         if let Some(current) = self.usable().filter(fresh) {
@@ -95,7 +98,7 @@ impl OAuth2 {
         if let Some(failure) = &outcome.borrow_and_update().failure
             && failure.at.elapsed() < ASK_RETRY_PAUSE
         {
-            return Err(Error::TokenUnavailable {
+            return Err(RequestError::TokenUnavailable {
                 reason: failure.reason.clone(),
             });
         }
@@ -120,7 +123,7 @@ impl OAuth2 {
         };
         self.usable()
             .filter(fresh)
-            .ok_or_else(|| Error::TokenUnavailable {
+            .ok_or_else(|| RequestError::TokenUnavailable {
                 reason: failure.map_or_else(|| "no access token yet".into(), |f| f.reason),
             })
     }
@@ -131,7 +134,7 @@ impl Authenticate for OAuth2 {
         self.usable()
     }
 
-    fn obtain(&self) -> BoxFuture<'_, Result<Arc<Credential>, Error>> {
+    fn obtain(&self) -> BoxFuture<'_, Result<Arc<Credential>, RequestError>> {
         Box::pin(self.ask(None))
     }
 

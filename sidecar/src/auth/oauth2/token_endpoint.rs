@@ -16,7 +16,7 @@ use oauth2::{
 };
 use sidekey_crds::{ClientAuthentication, ResolvedOAuth2, SecretValue};
 
-use crate::error::{Error, chain};
+use crate::error::{ConfigError, chain};
 
 type Client =
     BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
@@ -54,13 +54,13 @@ impl TokenEndpoint {
         client_secret: &str,
         tls: &Arc<rustls::ClientConfig>,
         timeout: Duration,
-    ) -> Result<Self, Error> {
-        let invalid = |reason: String| Error::InvalidSetting {
-            field: "authentication.oauth2",
-            reason,
-        };
-        let token_url = TokenUrl::new(settings.access_token_url.clone())
-            .map_err(|e| invalid(format!("accessTokenUrl: {e}")))?;
+    ) -> Result<Self, ConfigError> {
+        let token_url = TokenUrl::new(settings.access_token_url.clone()).map_err(|e| {
+            ConfigError::InvalidUrl {
+                field: "authentication.oauth2.accessTokenUrl",
+                source: e.into(),
+            }
+        })?;
         let auth_type = match settings.client_authentication {
             ClientAuthentication::Body => AuthType::RequestBody,
             ClientAuthentication::BasicHeader => AuthType::BasicAuth,
@@ -79,9 +79,7 @@ impl TokenEndpoint {
             .no_proxy()
             .pool_max_idle_per_host(1)
             .build()
-            .map_err(|e| Error::Tls {
-                reason: format!("token endpoint client: {}", chain(&e)),
-            })?;
+            .map_err(|source| ConfigError::TokenClient { source })?;
         let mut extra = Vec::new();
         if let Some(audience) = &settings.audience {
             extra.push(("audience".to_owned(), audience.clone()));
