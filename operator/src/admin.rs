@@ -18,7 +18,7 @@ use sidekey_plumbing::admin::{self, Probes, text};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::StartupError;
 use crate::metrics::Metrics;
 
 /// How long admin requests in flight at shutdown get to finish.
@@ -61,13 +61,13 @@ pub async fn serve(
     addr: SocketAddr,
     state: State,
     shutdown: CancellationToken,
-) -> Result<SocketAddr> {
+) -> Result<SocketAddr, StartupError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::AdminListen { addr, source })?;
+        .map_err(|source| StartupError::AdminListen { addr, source })?;
     let bound = listener
         .local_addr()
-        .map_err(|source| Error::AdminListen { addr, source })?;
+        .map_err(|source| StartupError::AdminListen { addr, source })?;
     tokio::spawn(sidekey_plumbing::serve::serve(
         "admin",
         None,

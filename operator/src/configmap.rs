@@ -12,7 +12,7 @@ use sidekey_crds::names::{
 };
 use sidekey_crds::{ApiDatasource, ResolvedDatasource};
 
-use crate::error::{Error, Result};
+use crate::error::ReconcileError;
 
 /// The label selector matching every ConfigMap the operator writes.
 pub fn managed_selector() -> String {
@@ -27,10 +27,10 @@ pub fn desired(
     name: &str,
     namespace: &str,
     resolved: &ResolvedDatasource,
-) -> Result<ConfigMap> {
+) -> Result<ConfigMap, ReconcileError> {
     let owner = ds
         .controller_owner_ref(&())
-        .ok_or(Error::MissingMetadata("uid"))?;
+        .ok_or(ReconcileError::MissingMetadata("uid"))?;
     let labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
         (DATASOURCE_LABEL.to_owned(), name.to_owned()),
@@ -53,11 +53,11 @@ pub fn desired(
 
 /// Writes the ConfigMap with server-side apply; `force` takes fields back
 /// from anyone who edited them by hand.
-pub async fn apply(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
+pub async fn apply(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<(), ReconcileError> {
     let name = cm.name_any();
     // apiVersion and kind are required in an apply body.
     let mut body = serde_json::to_value(cm).map_err(|e| {
-        Error::kube(
+        ReconcileError::kube(
             format!("encoding ConfigMap {name:?}"),
             kube::Error::SerdeError(e),
         )
@@ -70,7 +70,7 @@ pub async fn apply(api: &Api<ConfigMap>, cm: &ConfigMap) -> Result<()> {
         &Patch::Apply(body),
     )
     .await
-    .map_err(|e| Error::kube(format!("applying ConfigMap {name:?}"), e))?;
+    .map_err(|e| ReconcileError::kube(format!("applying ConfigMap {name:?}"), e))?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configmap;
 use crate::configmap_drift;
-use crate::error::{Error, Result};
+use crate::error::{Chain, DatasourceError, ReconcileError};
 use crate::metrics::Metrics;
 use crate::secrets_index::SecretsIndex;
 use crate::status::{self, Readiness};
@@ -133,14 +133,19 @@ impl Failures {
 
 /// Brings one datasource's ConfigMap, status and Events in line with its
 /// spec and Secrets.
-pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(
+    ds: Arc<ApiDatasource>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let _timer = ctx.metrics.time_reconcile();
     let name = ds
         .metadata
         .name
         .clone()
-        .ok_or(Error::MissingMetadata("name"))?;
-    let namespace = ds.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+        .ok_or(ReconcileError::MissingMetadata("name"))?;
+    let namespace = ds
+        .namespace()
+        .ok_or(ReconcileError::MissingMetadata("namespace"))?;
     if ds.metadata.deletion_timestamp.is_some() {
         // Going away (foreground deletion, finalizers): recreating its
         // ConfigMap or writing its status would only be undone.
@@ -160,7 +165,7 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
             }
         }
         // Bad input: say so and leave the last good ConfigMap untouched.
-        Err(problem) if problem.is_invalid_datasource() => Outcome::Invalid(problem),
+        Err(ReconcileError::Invalid(problem)) => Outcome::Invalid(problem),
         Err(e) => return Err(e),
     };
 
@@ -176,7 +181,7 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
         let Some(fresh) = api
             .get_opt(&name)
             .await
-            .map_err(|e| Error::kube(format!("reading ApiDatasource {name:?}"), e))?
+            .map_err(|e| ReconcileError::kube(format!("reading ApiDatasource {name:?}"), e))?
         else {
             // Deleted meanwhile: its ConfigMap goes with it.
             ctx.failures().remove(&ObjectRef::from_obj(&*ds));
@@ -200,7 +205,7 @@ pub async fn reconcile(ds: Arc<ApiDatasource>, ctx: Arc<Context>) -> Result<Acti
                 // Best effort, as client-go's recorder: the status holds the
                 // truth, and retrying the reconcile would not repeat this.
                 if let Err(e) = publish_event(&ctx, &ds, &namespace, &name, &readiness).await {
-                    tracing::warn!(error = %e, "cannot publish the Event");
+                    tracing::warn!(error = %Chain(&e), "cannot publish the Event");
                 }
             }
         }
@@ -217,7 +222,7 @@ enum Outcome {
         config_map: String,
         ca_certificates: Option<usize>,
     },
-    Invalid(Error),
+    Invalid(DatasourceError),
 }
 
 impl Outcome {
@@ -253,7 +258,7 @@ async fn publish_event(
     namespace: &str,
     name: &str,
     readiness: &Readiness,
-) -> Result<()> {
+) -> Result<(), ReconcileError> {
     let mut note = format!("ApiDatasource {namespace}/{name}: {}", readiness.message);
     if note.len() > MAX_NOTE_BYTES {
         let mut cut = MAX_NOTE_BYTES - 3;
@@ -277,17 +282,19 @@ async fn publish_event(
     ctx.recorder
         .publish(&event, &ds.object_ref(&()))
         .await
-        .map_err(|e| Error::kube(format!("publishing Event for ApiDatasource {name:?}"), e))
+        .map_err(|e| {
+            ReconcileError::kube(format!("publishing Event for ApiDatasource {name:?}"), e)
+        })
 }
 
 /// Decides every retry: exponential backoff per datasource, and a metric
 /// labelled by the error's name.
-pub fn error_policy(ds: Arc<ApiDatasource>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(ds: Arc<ApiDatasource>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let (attempt, delay) = ctx.failures.next_retry(ObjectRef::from_obj(&*ds));
     ctx.metrics.failed(error);
     tracing::warn!(
         datasource = %format!("{}/{}", ds.namespace().unwrap_or_default(), ds.name_any()),
-        error = %error,
+        error = %Chain(error),
         attempt,
         retry_in_seconds = delay.as_secs_f64(),
         "reconcile failed"
@@ -391,7 +398,7 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
                 Err(e @ controller::Error::ObjectNotFound(_)) => {
                     tracing::debug!(error = %e, "controller")
                 }
-                Err(e) => tracing::warn!(error = %e, "controller"),
+                Err(e) => tracing::warn!(error = %Chain(&e), "controller"),
             }
             futures::future::ready(())
         })

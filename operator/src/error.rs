@@ -1,17 +1,32 @@
-//! The operator's one error type. Each variant is either a problem with the
-//! user's `ApiDatasource` (reported in its status, fixed by the user) or a
-//! failure of the operator itself (retried with backoff by the error policy).
+//! The operator's errors, one type per place they surface, each with its
+//! one mapping:
+//!
+//! | type | surfaces in | mapped by | to |
+//! | --- | --- | --- | --- |
+//! | [`DatasourceError`] | a reconcile, the user's to fix | [`DatasourceError::reason`] | the `Ready=False` reason and a Warning Event; never retried fast |
+//! | [`ReconcileError`] | a reconcile, the operator's failure | [`ReconcileError::reason`] | the `reconcile_errors` metric label; retried with backoff |
+//! | [`StartupError`] | [`crate::run`]: flags, listeners, the election | [`StartupError::exit_code`] | the process's exit code |
+//!
+//! The webhook's refusals ([`crate::webhook::error::InjectError`], the
+//! answer to an admission request) and its certificate errors
+//! ([`crate::webhook::certs::CertError`]) have types of their own.
+//!
+//! A wrapped error is a `#[source]`, not part of the message: log with
+//! [`Chain`] to see the whole chain.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use sidekey_crds::SpecError;
 use thiserror::Error;
 
+/// A problem with the user's `ApiDatasource` or its Secrets. Its message is
+/// the `Ready` condition's message and the Event's note: it names what to
+/// fix.
 #[derive(Debug, Error)]
-pub enum Error {
-    // ---- problems with the datasource: status reasons, never retried ----
+pub enum DatasourceError {
     /// The spec itself is wrong (URL, authentication block, header name).
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecError),
 
     #[error(
@@ -55,9 +70,31 @@ pub enum Error {
         key: String,
         detail: String,
     },
+}
 
-    // ---- failures of the operator: retried with backoff ----
-    #[error("{action}: {source}")]
+impl DatasourceError {
+    /// The `Ready` condition's reason (CamelCase), also the Event's.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Spec(e) => e.reason(),
+            Self::SecretNotFound { .. } => "SecretNotFound",
+            Self::SecretKeyNotFound { .. } => "SecretKeyNotFound",
+            Self::SignatureKeyTooShort { .. } => "SignatureKeyTooShort",
+            Self::InvalidCertificate { .. } => "InvalidCertificate",
+        }
+    }
+}
+
+/// Why a reconcile did not finish. `Invalid` is written into the status
+/// by the reconcile itself; the others reach the error policy, which
+/// retries them with backoff.
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Invalid(#[from] DatasourceError),
+
+    /// `action` says what the operator was doing.
+    #[error("{action}")]
     Kube {
         action: String,
         #[source]
@@ -66,31 +103,57 @@ pub enum Error {
 
     #[error("the ApiDatasource has no {0}")]
     MissingMetadata(&'static str),
+}
 
+impl ReconcileError {
+    /// Wraps a Kubernetes API error with what the operator was doing.
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        Self::Kube {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// The CamelCase name of what happened: the metric label of a failed
+    /// reconcile, and for `Invalid` the `Ready` condition's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(e) => e.reason(),
+            Self::Kube { .. } => "KubeApiError",
+            Self::MissingMetadata(_) => "MissingMetadata",
+        }
+    }
+}
+
+/// Why the process stops with an error: before it serves (flags, client
+/// configuration, listeners, joining the election) or later, when it loses
+/// leadership and must not reconcile any more.
+#[derive(Debug, Error)]
+pub enum StartupError {
     #[error("invalid flags: {0}")]
     InvalidFlags(String),
 
-    #[error("no Kubernetes client configuration (KUBECONFIG or in-cluster): {0}")]
+    #[error("no Kubernetes client configuration (KUBECONFIG or in-cluster)")]
     ClientConfig(#[source] kube::Error),
 
-    #[error("admin server cannot listen on {addr}: {source}")]
+    #[error("cannot read the API server's version (for --native-sidecars auto)")]
+    ServerVersion(#[source] kube::Error),
+
+    #[error("admin server cannot listen on {addr}")]
     AdminListen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("webhook cannot listen on {addr}: {source}")]
+    #[error("webhook cannot listen on {addr}")]
     WebhookListen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("webhook certificate: {0}")]
-    Certificate(#[source] crate::webhook::certs::CertError),
-
-    #[error("leader election on Lease {namespace}/{name}: {source}")]
+    #[error("cannot join the leader election on Lease {namespace}/{name}")]
     LeaderElection {
         namespace: String,
         name: String,
@@ -102,81 +165,215 @@ pub enum Error {
     LostLeadership { namespace: String, name: String },
 }
 
-impl Error {
-    /// Wraps a Kubernetes API error with what the operator was doing.
-    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube {
-            action: action.into(),
-            source,
-        }
-    }
-
-    /// True for problems the user fixes in the datasource or its Secrets;
-    /// false for failures of the operator, which are retried.
-    pub fn is_invalid_datasource(&self) -> bool {
-        matches!(
-            self,
-            Self::Spec(_)
-                | Self::SecretNotFound { .. }
-                | Self::SecretKeyNotFound { .. }
-                | Self::SignatureKeyTooShort { .. }
-                | Self::InvalidCertificate { .. }
-        )
-    }
-
-    /// The CamelCase name of what happened: the `Ready` condition's reason
-    /// for datasource problems, the metric label for every error.
-    pub fn reason(&self) -> &'static str {
+impl StartupError {
+    /// The process's exit code: 2 for flags that cannot work (as clap
+    /// exits for flags it cannot parse), 1 for the rest. Losing leadership
+    /// is 1 too: a fresh process rejoins the election.
+    pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Spec(e) => e.reason(),
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyNotFound { .. } => "SecretKeyNotFound",
-            Self::SignatureKeyTooShort { .. } => "SignatureKeyTooShort",
-            Self::InvalidCertificate { .. } => "InvalidCertificate",
-            Self::Kube { .. } => "KubeApiError",
-            Self::MissingMetadata(_) => "MissingMetadata",
-            Self::InvalidFlags(_) => "InvalidFlags",
-            Self::ClientConfig(_) => "ClientConfig",
-            Self::AdminListen { .. } => "AdminListen",
-            Self::WebhookListen { .. } => "WebhookListen",
-            Self::Certificate(_) => "WebhookCertificate",
-            Self::LeaderElection { .. } => "LeaderElection",
-            Self::LostLeadership { .. } => "LostLeadership",
+            Self::InvalidFlags(_) => 2,
+            Self::ClientConfig(_)
+            | Self::ServerVersion(_)
+            | Self::AdminListen { .. }
+            | Self::WebhookListen { .. }
+            | Self::LeaderElection { .. }
+            | Self::LostLeadership { .. } => 1,
         }
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// Shows an error and its sources, `: `-separated, for logs. A source
+/// whose message the text so far already holds is skipped: kube's and
+/// io's errors repeat their source in their own message.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.to_string();
+        for source in std::iter::successors(self.0.source(), |e| e.source()) {
+            let text = source.to_string();
+            if !shown.contains(&text) {
+                shown = format!("{shown}: {text}");
+            }
+        }
+        f.write_str(&shown)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn datasource_problems_are_told_apart_from_operator_failures() {
-        let missing = Error::SecretNotFound {
+    fn secret_not_found() -> DatasourceError {
+        DatasourceError::SecretNotFound {
             namespace: "shop".into(),
             secret: "payments-oauth".into(),
             field: "spec.authentication.oauth2.clientSecretRef",
-        };
-        assert!(missing.is_invalid_datasource());
-        assert_eq!(missing.reason(), "SecretNotFound");
-        let msg = missing.to_string();
+        }
+    }
+
+    #[test]
+    fn each_datasource_problem_has_its_condition_reason() {
+        let text = |s: &str| s.to_owned();
+        let cases = [
+            (
+                DatasourceError::Spec(SpecError::InvalidUrl {
+                    field: "spec.url",
+                    url: text("nope"),
+                    reason: text("relative URL without a base"),
+                }),
+                "InvalidUrl",
+            ),
+            (
+                DatasourceError::Spec(SpecError::InvalidAuthentication(text("no block"))),
+                "InvalidAuthentication",
+            ),
+            (
+                DatasourceError::Spec(SpecError::InvalidHeaderName {
+                    field: "spec.headers",
+                    name: text("a b"),
+                }),
+                "InvalidHeader",
+            ),
+            (secret_not_found(), "SecretNotFound"),
+            (
+                DatasourceError::SecretKeyNotFound {
+                    namespace: text("shop"),
+                    secret: text("s"),
+                    key: text("k"),
+                    field: "spec.signature.secretRef",
+                },
+                "SecretKeyNotFound",
+            ),
+            (
+                DatasourceError::SignatureKeyTooShort {
+                    secret: text("signing"),
+                    key: text("key"),
+                    min: 32,
+                },
+                "SignatureKeyTooShort",
+            ),
+            (
+                DatasourceError::InvalidCertificate {
+                    secret: text("ca"),
+                    key: text("ca.crt"),
+                    detail: text("no PEM block"),
+                },
+                "InvalidCertificate",
+            ),
+        ];
+        for (problem, reason) in cases {
+            assert_eq!(problem.reason(), reason, "{problem}");
+            // A reconcile that met it reports the same reason.
+            let wrapped = ReconcileError::from(problem);
+            assert_eq!(wrapped.reason(), reason);
+        }
+    }
+
+    #[test]
+    fn datasource_messages_name_what_to_fix() {
+        let msg = secret_not_found().to_string();
         assert!(
             msg.contains("\"payments-oauth\"") && msg.contains("\"shop\""),
             "{msg}"
         );
-        assert!(!Error::MissingMetadata("namespace").is_invalid_datasource());
-    }
-
-    #[test]
-    fn short_signature_key_message_names_the_length_needed() {
-        let e = Error::SignatureKeyTooShort {
+        let short = DatasourceError::SignatureKeyTooShort {
             secret: "signing".into(),
             key: "key".into(),
             min: 32,
         };
-        assert_eq!(e.reason(), "SignatureKeyTooShort");
-        assert!(e.to_string().contains("at least 32 characters"), "{e}");
+        assert!(
+            short.to_string().contains("at least 32 characters"),
+            "{short}"
+        );
+        // Wrapping it changes nothing the user reads.
+        let wrapped = ReconcileError::from(secret_not_found());
+        assert_eq!(wrapped.to_string(), msg);
+    }
+
+    #[test]
+    fn operator_failures_have_their_metric_labels() {
+        let serde = serde_json::from_str::<()>("x").expect_err("not JSON");
+        let kube = ReconcileError::kube("reading Secret \"s\"", kube::Error::SerdeError(serde));
+        assert_eq!(kube.reason(), "KubeApiError");
+        assert_eq!(
+            ReconcileError::MissingMetadata("uid").reason(),
+            "MissingMetadata"
+        );
+    }
+
+    #[test]
+    fn a_kube_error_keeps_its_source_and_the_chain_shows_it_once() {
+        let serde = serde_json::from_str::<()>("x").expect_err("not JSON");
+        let detail = serde.to_string();
+        let e = ReconcileError::kube(
+            "applying ConfigMap \"a-sidekey\"",
+            kube::Error::SerdeError(serde),
+        );
+        assert_eq!(e.to_string(), "applying ConfigMap \"a-sidekey\"");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(
+            matches!(
+                source.downcast_ref::<kube::Error>(),
+                Some(kube::Error::SerdeError(_))
+            ),
+            "{source:?}"
+        );
+        // kube's message repeats serde_json's: shown once.
+        let chain = Chain(&e).to_string();
+        assert_eq!(
+            chain,
+            format!("applying ConfigMap \"a-sidekey\": Error deserializing response: {detail}")
+        );
+    }
+
+    #[test]
+    fn invalid_flags_exit_2_every_other_stop_1() {
+        let kube = || kube::Error::TlsRequired;
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let addr: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let lease = || ("sidekey".to_owned(), "sidekey-operator".to_owned());
+        let cases = [
+            (StartupError::InvalidFlags("--concurrency is 0".into()), 2),
+            (StartupError::ClientConfig(kube()), 1),
+            (StartupError::ServerVersion(kube()), 1),
+            (StartupError::AdminListen { addr, source: io() }, 1),
+            (StartupError::WebhookListen { addr, source: io() }, 1),
+            (
+                StartupError::LeaderElection {
+                    namespace: lease().0,
+                    name: lease().1,
+                    source: kube(),
+                },
+                1,
+            ),
+            (
+                StartupError::LostLeadership {
+                    namespace: lease().0,
+                    name: lease().1,
+                },
+                1,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.exit_code(), code, "{e}");
+        }
+    }
+
+    #[test]
+    fn startup_errors_keep_their_source_out_of_the_message() {
+        let e = StartupError::AdminListen {
+            addr: ([127, 0, 0, 1], 8080).into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let source = std::error::Error::source(&e).expect("a source").to_string();
+        assert!(!e.to_string().contains(&source), "{e}");
+        assert_eq!(Chain(&e).to_string(), format!("{e}: {source}"));
+        // What the leader-election test looks for in the logs.
+        let lost = StartupError::LostLeadership {
+            namespace: "sidekey".into(),
+            name: "sidekey-operator".into(),
+        };
+        assert!(lost.to_string().contains("lost leadership"), "{lost}");
     }
 }

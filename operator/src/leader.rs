@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::StartupError;
 
 /// How often a failed renewal is retried before the renew deadline.
 const RENEW_RETRY: Duration = Duration::from_millis(250);
@@ -117,16 +117,16 @@ impl Leadership {
     /// Joins the election: reads the Lease (so missing permissions fail
     /// here) and starts competing for it in the background; the Lease is
     /// created by the first claim if it does not exist.
-    pub async fn join(client: Client, config: LeaseConfig) -> Result<Self> {
+    pub async fn join(client: Client, config: LeaseConfig) -> Result<Self, StartupError> {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-        let lease = api
-            .get_opt(&config.name)
-            .await
-            .map_err(|source| Error::LeaderElection {
-                namespace: config.namespace.clone(),
-                name: config.name.clone(),
-                source,
-            })?;
+        let lease =
+            api.get_opt(&config.name)
+                .await
+                .map_err(|source| StartupError::LeaderElection {
+                    namespace: config.namespace.clone(),
+                    name: config.name.clone(),
+                    source,
+                })?;
         let (leading, state) = watch::channel(false);
         let (events, seen_events) = mpsc::channel(16);
         let watcher = AbortOnDrop(tokio::spawn(watch_lease(
@@ -156,7 +156,7 @@ impl Leadership {
     }
 
     /// Returns once this process holds the Lease.
-    pub async fn acquired(&mut self) -> Result<()> {
+    pub async fn acquired(&mut self) -> Result<(), StartupError> {
         let acquired = self.state.wait_for(|leader| *leader).await.is_ok();
         if acquired {
             Ok(())
@@ -167,7 +167,7 @@ impl Leadership {
 
     /// Returns once this process no longer holds the Lease (another took
     /// it, it could not be renewed in time, or the election task ended).
-    pub async fn lost(&mut self) -> Error {
+    pub async fn lost(&mut self) -> StartupError {
         let _ = self.state.wait_for(|leader| !*leader).await;
         self.lost_error()
     }
@@ -189,8 +189,8 @@ impl Leadership {
         }
     }
 
-    fn lost_error(&self) -> Error {
-        Error::LostLeadership {
+    fn lost_error(&self) -> StartupError {
+        StartupError::LostLeadership {
             namespace: self.config.namespace.clone(),
             name: self.config.name.clone(),
         }

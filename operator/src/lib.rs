@@ -23,14 +23,16 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 pub use cli::Args;
-pub use error::{Error, Result};
+pub use error::{DatasourceError, ReconcileError, StartupError};
 
 /// Runs the operator until SIGTERM/SIGINT (`Ok`) or a fatal error, such as
 /// losing leadership (`Err`: the process should exit and be restarted).
-pub async fn run(args: Args) -> Result<()> {
+pub async fn run(args: Args) -> Result<(), StartupError> {
     let lease = args.lease();
-    lease.check().map_err(Error::InvalidFlags)?;
-    let client = Client::try_default().await.map_err(Error::ClientConfig)?;
+    lease.check().map_err(StartupError::InvalidFlags)?;
+    let client = Client::try_default()
+        .await
+        .map_err(StartupError::ClientConfig)?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -48,7 +50,7 @@ pub async fn run(args: Args) -> Result<()> {
                 args.namespace.as_deref(),
                 native,
             )?
-            .ok_or_else(|| Error::InvalidFlags("--webhook-listen is missing".into()))?;
+            .ok_or_else(|| StartupError::InvalidFlags("--webhook-listen is missing".into()))?;
             let webhook = webhook::Webhook::start(
                 client.clone(),
                 settings,

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidekey_operator::Args;
+use sidekey_operator::error::Chain;
 use sidekey_plumbing::logging::{Logs, Output};
 
 #[tokio::main]
@@ -19,8 +20,8 @@ async fn main() -> ExitCode {
     match sidekey_operator::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "sidekey-operator stopped");
-            ExitCode::FAILURE
+            tracing::error!(error = %Chain(&e), "sidekey-operator stopped");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::error::Error;
+use crate::error::ReconcileError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -120,7 +120,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn failed(&self, error: &Error) {
+    pub fn failed(&self, error: &ReconcileError) {
         self.errors
             .get_or_create(&ErrorLabel {
                 error: error.reason().to_owned(),
@@ -164,7 +164,7 @@ mod tests {
     fn exposition_names_reasons_errors_and_duration() {
         let m = Metrics::default();
         m.reconciled("Reconciled");
-        m.failed(&Error::MissingMetadata("uid"));
+        m.failed(&ReconcileError::MissingMetadata("uid"));
         drop(m.time_reconcile());
         m.admitted("refused", "DatasourceNotFound", Duration::from_millis(2));
         let text = m.encode();

@@ -7,7 +7,7 @@ use kube::api::{Patch, PatchParams};
 use sidekey_crds::names::{API_VERSION, FIELD_MANAGER, KIND};
 use sidekey_crds::{ApiDatasource, ApiDatasourceStatus};
 
-use crate::error::{Error, Result};
+use crate::error::{DatasourceError, ReconcileError};
 
 /// The condition type the operator maintains.
 pub const READY: &str = "Ready";
@@ -39,7 +39,7 @@ impl Readiness {
 
     /// The datasource is invalid; `kept` names the last good ConfigMap,
     /// which stays in place so running sidecars keep working.
-    pub fn invalid(problem: &Error, kept: Option<&str>) -> Self {
+    pub fn invalid(problem: &DatasourceError, kept: Option<&str>) -> Self {
         let mut message = problem.to_string();
         if let Some(cm) = kept {
             message.push_str(&format!(
@@ -109,7 +109,7 @@ pub async fn apply(
     api: &Api<ApiDatasource>,
     name: &str,
     status: &ApiDatasourceStatus,
-) -> Result<()> {
+) -> Result<(), ReconcileError> {
     let body = serde_json::json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -121,7 +121,7 @@ pub async fn apply(
         &Patch::Apply(body),
     )
     .await
-    .map_err(|e| Error::kube(format!("writing status of ApiDatasource {name:?}"), e))?;
+    .map_err(|e| ReconcileError::kube(format!("writing status of ApiDatasource {name:?}"), e))?;
     Ok(())
 }
 
@@ -165,7 +165,7 @@ mod tests {
             ready.message
         );
         let first = desired(Some(3), None, &ready, None, time(10));
-        let problem = Error::SecretNotFound {
+        let problem = DatasourceError::SecretNotFound {
             namespace: "shop".into(),
             secret: "tok".into(),
             field: "spec.authentication.bearerToken.tokenSecretRef",

@@ -14,7 +14,7 @@ use sidekey_crds::{
     ApiDatasource, ResolvedDatasource, SecretFile, SecretPurpose, SecretUse, SecretValue,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{DatasourceError, ReconcileError};
 
 /// The referenced keys of the referenced Secrets, as read now: `None` for
 /// a Secret that does not exist. Keys nobody references are not kept.
@@ -43,7 +43,7 @@ impl FetchedSecrets {
     }
 
     /// Reads every Secret the uses name, once each, with GET.
-    pub async fn fetch(api: &Api<Secret>, uses: &[SecretUse<'_>]) -> Result<Self> {
+    pub async fn fetch(api: &Api<Secret>, uses: &[SecretUse<'_>]) -> Result<Self, ReconcileError> {
         let mut by_secret: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for u in uses {
             by_secret
@@ -56,7 +56,7 @@ impl FetchedSecrets {
             let secret = api
                 .get_opt(name)
                 .await
-                .map_err(|e| Error::kube(format!("reading Secret {name:?}"), e))?;
+                .map_err(|e| ReconcileError::kube(format!("reading Secret {name:?}"), e))?;
             fetched.insert(name, secret, &keys);
         }
         Ok(fetched)
@@ -72,17 +72,23 @@ pub struct Validated {
 }
 
 /// Resolves the datasource and reads its Secrets: `Ok` when it is valid,
-/// `Err` with a datasource problem (see [`Error::is_invalid_datasource`]) or
-/// an API failure.
-pub async fn validate(ds: &ApiDatasource, secrets: &Api<Secret>) -> Result<Validated> {
-    let resolved = ds.resolve()?;
+/// `Err` with a datasource problem ([`ReconcileError::Invalid`]) or an API
+/// failure.
+pub async fn validate(
+    ds: &ApiDatasource,
+    secrets: &Api<Secret>,
+) -> Result<Validated, ReconcileError> {
+    let resolved = ds.resolve().map_err(DatasourceError::from)?;
     let fetched = FetchedSecrets::fetch(secrets, &resolved.secret_uses()).await?;
-    check(resolved, &fetched)
+    Ok(check(resolved, &fetched)?)
 }
 
 /// The checks on values, given the Secrets as read. Pure, so it is tested
 /// without a cluster.
-pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<Validated> {
+pub fn check(
+    resolved: ResolvedDatasource,
+    fetched: &FetchedSecrets,
+) -> Result<Validated, DatasourceError> {
     let namespace = resolved.namespace.clone().unwrap_or_default();
     let mut ca_certificates = None;
     for u in resolved.secret_uses() {
@@ -92,7 +98,7 @@ pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<V
             // Not fetched is a bug of the caller; treat it as absent rather
             // than as valid.
             Some(None) | None => {
-                return Err(Error::SecretNotFound {
+                return Err(DatasourceError::SecretNotFound {
                     namespace,
                     secret: secret.clone(),
                     field: u.field,
@@ -100,7 +106,7 @@ pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<V
             }
         };
         let Some(value) = data.get(key) else {
-            return Err(Error::SecretKeyNotFound {
+            return Err(DatasourceError::SecretKeyNotFound {
                 namespace,
                 secret: secret.clone(),
                 key: key.clone(),
@@ -113,7 +119,7 @@ pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<V
                 // Counted as the sidecar uses it: without a trailing newline.
                 let len = value.clone().trim_trailing_newline().char_len();
                 if len < MIN_SIGNATURE_KEY_LEN {
-                    return Err(Error::SignatureKeyTooShort {
+                    return Err(DatasourceError::SignatureKeyTooShort {
                         secret: secret.clone(),
                         key: key.clone(),
                         min: MIN_SIGNATURE_KEY_LEN,
@@ -121,12 +127,13 @@ pub fn check(resolved: ResolvedDatasource, fetched: &FetchedSecrets) -> Result<V
                 }
             }
             SecretPurpose::CaBundle => {
-                let count =
-                    count_certificates(value).map_err(|detail| Error::InvalidCertificate {
+                let count = count_certificates(value).map_err(|detail| {
+                    DatasourceError::InvalidCertificate {
                         secret: secret.clone(),
                         key: key.clone(),
                         detail,
-                    })?;
+                    }
+                })?;
                 ca_certificates = Some(count);
             }
         }

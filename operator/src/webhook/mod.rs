@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CertificateMode, NativeSidecars, WebhookArgs};
-use crate::error::{Error, Result};
+use crate::error::{Chain, StartupError};
 use crate::metrics::Metrics;
 use certs::{CertConfig, Mode, ServingCert};
 use configuration::{Endpoint, WebhookConfig};
@@ -71,7 +71,7 @@ impl Settings {
         operator_namespace: &str,
         watch_namespace: Option<&str>,
         native: bool,
-    ) -> Result<Option<Self>> {
+    ) -> Result<Option<Self>, StartupError> {
         let Some(listen) = args.webhook_listen else {
             return Ok(None);
         };
@@ -84,16 +84,16 @@ impl Settings {
                     .to_owned(),
             ),
         }
-        .map_err(Error::InvalidFlags)?;
+        .map_err(StartupError::InvalidFlags)?;
         let (dns_names, ip_addresses) = endpoint.names();
         let mut excluded = vec![operator_namespace.to_owned()];
         if operator_namespace != "kube-system" {
             excluded.push("kube-system".to_owned());
         }
-        let quantity = |flag: &str, value: &str| -> Result<Quantity> {
+        let quantity = |flag: &str, value: &str| -> Result<Quantity, StartupError> {
             // The API server checks the syntax; refuse only the obviously empty.
             if value.trim().is_empty() {
-                return Err(Error::InvalidFlags(format!("{flag} is empty")));
+                return Err(StartupError::InvalidFlags(format!("{flag} is empty")));
             }
             Ok(Quantity(value.trim().to_owned()))
         };
@@ -152,7 +152,7 @@ impl Settings {
 }
 
 /// Whether to inject native sidecars, given the flag and the API server.
-pub async fn native_sidecars(client: &Client, flag: NativeSidecars) -> Result<bool> {
+pub async fn native_sidecars(client: &Client, flag: NativeSidecars) -> Result<bool, StartupError> {
     match flag {
         NativeSidecars::Always => Ok(true),
         NativeSidecars::Never => Ok(false),
@@ -160,7 +160,7 @@ pub async fn native_sidecars(client: &Client, flag: NativeSidecars) -> Result<bo
             let info = client
                 .apiserver_version()
                 .await
-                .map_err(|e| Error::kube("reading the API server's version", e))?;
+                .map_err(StartupError::ServerVersion)?;
             Ok(supports_native_sidecars(&info.major, &info.minor))
         }
     }
@@ -187,17 +187,16 @@ impl Webhook {
         watch_namespace: Option<&str>,
         metrics: Metrics,
         shutdown: CancellationToken,
-    ) -> Result<Self> {
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| Error::WebhookListen {
-                    addr: settings.listen,
-                    source,
-                })?;
+    ) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(settings.listen).await.map_err(|source| {
+            StartupError::WebhookListen {
+                addr: settings.listen,
+                source,
+            }
+        })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| Error::WebhookListen {
+            .map_err(|source| StartupError::WebhookListen {
                 addr: settings.listen,
                 source,
             })?;
@@ -301,7 +300,7 @@ impl Webhook {
             let wait = match self.maintain(&client, &publish).await {
                 Ok(()) => MAINTAIN_INTERVAL,
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook: keeping the configuration failed; retrying");
+                    tracing::warn!(error = %Chain(&e), "webhook: keeping the configuration failed; retrying");
                     RETRY_AFTER
                 }
             };
@@ -314,29 +313,39 @@ impl Webhook {
         }
     }
 
-    async fn maintain(&self, client: &Client, publish: &certs::Publish) -> Result<()> {
+    async fn maintain(
+        &self,
+        client: &Client,
+        publish: &certs::Publish,
+    ) -> Result<(), MaintainError> {
         let bundle = match self.certs.mode {
-            Mode::Managed => Some(
-                certs::ensure(client, &self.certs, publish)
-                    .await
-                    .map_err(Error::Certificate)?,
-            ),
+            Mode::Managed => Some(certs::ensure(client, &self.certs, publish).await?),
             // cert-manager's CA injector owns caBundle.
             Mode::Provided => None,
         };
         self.configuration
             .apply(client, bundle.as_deref())
             .await
-            .map_err(|e| {
-                Error::kube(
-                    format!(
-                        "applying MutatingWebhookConfiguration {}",
-                        self.configuration.name
-                    ),
-                    e,
-                )
+            .map_err(|source| MaintainError::Configuration {
+                name: self.configuration.name.clone(),
+                source,
             })
     }
+}
+
+/// Why a round of the leader's webhook maintenance failed; logged, and
+/// the round is tried again.
+#[derive(Debug, thiserror::Error)]
+enum MaintainError {
+    #[error("webhook certificate")]
+    Certificate(#[from] certs::CertError),
+
+    #[error("applying MutatingWebhookConfiguration {name}")]
+    Configuration {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 #[cfg(test)]
