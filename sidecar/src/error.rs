@@ -78,6 +78,13 @@ pub enum ConfigError {
     },
     #[error("secret {secret:?} key {key:?} is not valid UTF-8 text")]
     SecretNotText { secret: String, key: String },
+    #[error("secret {secret:?} key {key:?} is not an RFC 3339 time")]
+    InvalidTokenExpiry {
+        secret: String,
+        key: String,
+        #[source]
+        source: jiff::Error,
+    },
     #[error("secret {secret:?} key {key:?} is empty")]
     SecretEmpty { secret: String, key: String },
     #[error(
@@ -169,7 +176,9 @@ impl ConfigError {
             Self::DatasourceRenamed { .. } => "datasource_renamed",
             Self::ReadSecret { .. } | Self::SecretNotRead { .. } => "secret_unreadable",
             Self::SecretPathEscapes { .. } => "secret_unreadable",
-            Self::SecretNotText { .. } | Self::SecretEmpty { .. } => "invalid_secret",
+            Self::SecretNotText { .. }
+            | Self::SecretEmpty { .. }
+            | Self::InvalidTokenExpiry { .. } => "invalid_secret",
             Self::SignatureKeyTooShort { .. } => "signature_key_too_short",
             Self::SignatureKey { .. } => "invalid_signature_key",
             Self::InvalidCertificate { .. } => "invalid_certificate",

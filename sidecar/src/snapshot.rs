@@ -13,7 +13,7 @@ use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::outgoing::Target;
 use crate::signature::Signer;
-use crate::sources::Sources;
+use crate::sources::{OperatorTokens, Sources};
 use crate::tls::{self, CaBundle};
 use crate::upstream::Upstream;
 
@@ -36,11 +36,7 @@ pub struct Snapshot {
     tls_inputs: (Option<SecretValue>, bool),
     /// What the authentication was built from, to keep the scheme (and an
     /// OAuth token) when a reload leaves it unchanged.
-    auth_inputs: (
-        ResolvedAuthentication,
-        Option<SecretValue>,
-        Option<SecretValue>,
-    ),
+    auth_inputs: (ResolvedAuthentication, Option<SecretValue>, OperatorTokens),
 }
 
 impl Snapshot {
@@ -81,7 +77,7 @@ impl Snapshot {
                 .map(|(_, file)| file)
                 .map(|f| sources.secret(f).cloned())
                 .transpose()?,
-            sources.refresh_token.clone(),
+            sources.operator_tokens.clone(),
         );
         let reusable =
             previous.filter(|p| p.auth_inputs == auth_inputs && Arc::ptr_eq(&p.tls, &tls));

@@ -15,8 +15,19 @@ use crate::error::{ConfigError, chain};
 pub struct Sources {
     pub datasource: ResolvedDatasource,
     secrets: HashMap<String, SecretValue>,
-    /// The refresh token the operator stored for the authorization-code
-    /// grant, when its Secret is mounted.
+    /// For the authorization-code grant, what the operator's token Secret
+    /// holds of what the sidecar may read; each absent until a person
+    /// authorizes the datasource.
+    pub operator_tokens: OperatorTokens,
+}
+
+/// The authorization-code grant's token files. In a cluster the webhook
+/// mounts the access token and its expiry, never the refresh token; in
+/// local mode a refresh token lets the sidecar refresh by itself.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct OperatorTokens {
+    pub access_token: Option<SecretValue>,
+    pub expires_at: Option<SecretValue>,
     pub refresh_token: Option<SecretValue>,
 }
 
@@ -114,26 +125,26 @@ impl Locations {
             return Err(e);
         }
 
-        let refresh_token = match datasource.refresh_token_file() {
-            Some(file) => match self.read_secret(&file) {
-                Ok(value) => {
-                    value.expose().hash(hasher);
-                    Some(value)
-                }
-                // Not authorized yet: the grant reports not-ready, and the
-                // file's arrival changes the fingerprint.
-                Err(_) => {
-                    "no refresh token".hash(hasher);
-                    None
-                }
-            },
-            None => None,
-        };
+        let mut operator_tokens = OperatorTokens::default();
+        if let Some(files) = datasource.oauth_token_files() {
+            // Absent until a person authorizes: the grant reports
+            // not-ready, and a file's arrival changes the fingerprint.
+            let mut optional = |file: &SecretFile| {
+                let value = self.read_secret(file).ok();
+                value.as_ref().map(SecretValue::expose).hash(hasher);
+                value
+            };
+            operator_tokens = OperatorTokens {
+                access_token: optional(&files.access_token),
+                expires_at: optional(&files.expires_at),
+                refresh_token: optional(&files.refresh_token),
+            };
+        }
 
         Ok(Sources {
             datasource,
             secrets,
-            refresh_token,
+            operator_tokens,
         })
     }
 

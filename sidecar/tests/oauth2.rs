@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::oauth::{self, BASIC_CLIENT, BASIC_SECRET, BODY_CLIENT, BODY_SECRET, OAuthServer};
+use common::sidecar::kubelet_write;
 use common::*;
 
 /// A datasource using `client`/`secret` at `server`, with `extra` lines
@@ -341,7 +342,7 @@ fn authorized(pki: &Pki, upstream: &Upstream, server: &OAuthServer, token_url: &
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authorization_code_without_a_refresh_token_is_not_ready_and_says_why() {
+async fn authorization_code_without_a_token_is_not_ready_and_says_why() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
     let server = OAuthServer::start(&pki, 300);
@@ -355,7 +356,9 @@ async fn authorization_code_without_a_refresh_token_is_not_ready_and_says_why() 
     assert_eq!(ready.status(), 503);
     let reason = ready.text().await.expect("body");
     assert!(
-        reason.contains("no refresh token yet") && reason.contains("payments-sidekey-oauth"),
+        reason.contains("has no token yet")
+            && reason.contains("payments-sidekey-oauth")
+            && reason.contains("status.authorizationUrl"),
         "{reason}"
     );
     let response = client()
@@ -593,16 +596,79 @@ async fn a_renewal_outlives_the_request_that_asked_for_it() {
     // was not lost (reusing the spent one would be `invalid_grant`).
     tokio::time::sleep(Duration::from_secs(4)).await;
     relay.hold(Duration::ZERO);
-    let response = client()
-        .get(sidecar.url("/c"))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let (status, body) = get_text(&sidecar, "/c").await;
     assert_eq!(status, 200, "{body}\n{}", sidecar.logs());
     let echo: serde_json::Value = serde_json::from_str(&body).expect("echo");
     assert_ne!(header(&echo, "authorization"), Some(old.as_str()));
     assert!(server.errors().is_empty(), "{:?}", server.errors());
     assert_eq!(server.grants().len(), 2, "{:?}", server.grants());
+}
+
+/// RFC 3339, `seconds` from now.
+fn rfc3339_in(seconds: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds)).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_mounted_access_token_is_sent_and_replaced_never_refreshed() {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    // Nothing listens at the token endpoint: the sidecar must not need it.
+    let ws = authorization_code_workspace(&pki, &upstream.url(), "https://127.0.0.1:9/token", None);
+    let tokens = ws.secrets_dir().join("payments-sidekey-oauth");
+    let mounted = |version: &str, token: &str, expires_at: &str| {
+        kubelet_write(
+            &tokens,
+            version,
+            &[("access-token", token), ("expires-at", expires_at)],
+        );
+    };
+    mounted("2026_12_01_a", "operator-token-1", &rfc3339_in(300));
+    let sidecar = sidecar::start(&ws);
+    assert_eq!(
+        authorization_sent(&sidecar, "/a").await,
+        "Bearer operator-token-1"
+    );
+
+    // The operator refreshed; the kubelet swaps the volume's files.
+    mounted("2026_12_01_b", "operator-token-2", &rfc3339_in(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while authorization_sent(&sidecar, "/b").await != "Bearer operator-token-2" {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded:\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A token past its expiry is not sent: 503 saying why, and not ready.
+    let expired_at = rfc3339_in(-5);
+    mounted("2026_12_01_c", "operator-token-3", &expired_at);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = get_text(&sidecar, "/c").await;
+        if status != 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&format!("expired at {expired_at}")), "{body}");
+    assert_eq!(readyz_status(&sidecar).await, 503);
+    assert_eq!(
+        sidecar
+            .metric("sidekey_token_fetches_total{datasource=\"payments\"}")
+            .await,
+        0.0,
+        "the sidecar requested a token itself"
+    );
+    assert!(
+        !upstream
+            .state
+            .authorizations
+            .lock()
+            .expect("lock")
+            .contains("Bearer operator-token-3")
+    );
 }

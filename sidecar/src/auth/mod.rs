@@ -162,6 +162,13 @@ pub fn from_config(setup: &Setup<'_>) -> Result<Arc<dyn Authenticate>, ConfigErr
             sources,
         )?),
         ResolvedAuthentication::BearerToken { token } => Arc::new(bearer::scheme(token, sources)?),
-        ResolvedAuthentication::OAuth2(settings) => oauth2::OAuth2::start(settings, setup)?,
+        ResolvedAuthentication::OAuth2(settings) => {
+            let files = sources.datasource.oauth_token_files();
+            match files.map(|f| oauth2::Mounted::from_sources(settings, &f, sources)) {
+                Some(Ok(Some(mounted))) => Arc::new(mounted),
+                Some(Err(e)) => return Err(e),
+                _ => oauth2::OAuth2::start(settings, setup)?,
+            }
+        }
     })
 }

@@ -10,7 +10,8 @@ pub mod upstream;
 pub use pki::Pki;
 #[allow(unused_imports)]
 pub use sidecar::{
-    Workspace, authorization_sent, client, get_echo, get_echo_at, get_echo_with, header,
+    Workspace, authorization_sent, client, get_echo, get_echo_at, get_echo_with, get_text, header,
+    readyz_status,
 };
 #[allow(unused_imports)]
 pub use upstream::Upstream;

@@ -348,6 +348,27 @@ pub async fn get_echo_at(
     serde_json::from_str(&body).expect("echo json")
 }
 
+/// GET `path` through the sidecar: the status and the body, whatever they are.
+pub async fn get_text(sidecar: &Sidecar, path: &str) -> (u16, String) {
+    let response = client()
+        .get(sidecar.url(path))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The status of the sidecar's `/readyz`.
+pub async fn readyz_status(sidecar: &Sidecar) -> u16 {
+    let response = client()
+        .get(sidecar.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    response.status().as_u16()
+}
+
 /// The `Authorization` header a GET of `path` reached the upstream with.
 pub async fn authorization_sent(sidecar: &Sidecar, path: &str) -> String {
     let echo = get_echo(sidecar, path).await;

@@ -7,6 +7,7 @@
 //! waits for its answer. A failed renewal leaves the current token serving
 //! until it really expires, and is retried with backoff and jitter.
 
+mod mounted;
 mod renewal;
 mod schedule;
 mod token_endpoint;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use futures::future::BoxFuture;
-use sidekey_crds::ResolvedOAuth2;
+use http::header::AUTHORIZATION;
+use sidekey_crds::{ResolvedOAuth2, TokenPlacement, names};
 use tokio::sync::watch;
 
 use super::{Authenticate, Credential, Setup};
@@ -24,7 +26,31 @@ use crate::error::{ConfigError, RequestError};
 use renewal::{ASK_RETRY_PAUSE, Ask, Outcome, Published, Renewal};
 use token_endpoint::TokenEndpoint;
 
+pub use mounted::Mounted;
 pub use schedule::{renew_after, retry_delays};
+
+/// The credential a token becomes: a header with the configured prefix, or
+/// the `access_token` query parameter.
+fn credential(
+    placement: TokenPlacement,
+    header_prefix: &str,
+    token: &str,
+) -> Result<Credential, String> {
+    Ok(match placement {
+        TokenPlacement::Header => {
+            let value = if header_prefix.is_empty() {
+                token.to_owned()
+            } else {
+                format!("{header_prefix} {token}")
+            };
+            Credential::header(AUTHORIZATION, value.as_bytes())
+                .map_err(|reason| format!("the access token: {reason}"))?
+        }
+        TokenPlacement::QueryParameter => {
+            Credential::query(names::ACCESS_TOKEN_QUERY_PARAMETER, token)
+        }
+    })
+}
 
 pub struct OAuth2 {
     /// The token the renewal task published.
@@ -45,10 +71,10 @@ impl OAuth2 {
         let sources = setup.sources;
         let client_secret = sources.secret_text(&settings.client_secret)?;
         let endpoint = TokenEndpoint::new(settings, client_secret, setup.tls, setup.token_timeout)?;
-        let refresh_token_location = sources
+        let token_secret = sources
             .datasource
-            .refresh_token_file()
-            .map(|f| format!("secret {:?} key {:?}", f.secret, f.key))
+            .oauth_token_files()
+            .map(|f| f.access_token.secret)
             .unwrap_or_default();
         let token: Published = Arc::new(ArcSwapOption::empty());
         let (outcome_tx, outcome) = watch::channel(Outcome::default());
@@ -62,8 +88,8 @@ impl OAuth2 {
                 settings.token_lifetime_seconds.max(1),
             )),
             grant_type: settings.grant_type,
-            refresh_token: sources.refresh_token.clone(),
-            refresh_token_location,
+            refresh_token: sources.operator_tokens.refresh_token.clone(),
+            token_secret,
             token: token.clone(),
             outcome: outcome_tx,
             metrics: setup.metrics.clone(),

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use backon::ExponentialBackoff;
-use http::header::AUTHORIZATION;
-use sidekey_crds::{GrantType, SecretValue, TokenPlacement, names};
+use sidekey_crds::{GrantType, SecretValue, TokenPlacement};
 use tokio::sync::watch;
 
 use super::schedule;
@@ -84,8 +83,8 @@ pub struct Renewal {
     /// For the authorization-code grant: the operator's refresh token, or a
     /// newer one the server rotated to. Only this task holds it.
     pub refresh_token: Option<SecretValue>,
-    /// Where the refresh token is expected, for messages.
-    pub refresh_token_location: String,
+    /// The operator's token Secret, for messages.
+    pub token_secret: String,
     pub token: Published,
     pub outcome: watch::Sender<Outcome>,
     pub metrics: Metrics,
@@ -200,9 +199,10 @@ impl Renewal {
             self.grant_type == GrantType::AuthorizationCode && self.refresh_token.is_none();
         missing.then(|| {
             format!(
-                "grantType AuthorizationCode has no refresh token yet ({} is not mounted): \
-                 authorize the datasource through the sidekey operator",
-                self.refresh_token_location
+                "grantType AuthorizationCode has no token yet (Secret {:?} holds none): \
+                 authorize the datasource through the sidekey operator, at the link in \
+                 its status.authorizationUrl",
+                self.token_secret
             )
         })
     }
@@ -212,20 +212,7 @@ impl Renewal {
             .access_token
             .expose_str()
             .ok_or("the access token is not text")?;
-        let credential = match self.placement {
-            TokenPlacement::Header => {
-                let value = if self.header_prefix.is_empty() {
-                    token.to_owned()
-                } else {
-                    format!("{} {token}", self.header_prefix)
-                };
-                Credential::header(AUTHORIZATION, value.as_bytes())
-                    .map_err(|reason| format!("the access token: {reason}"))?
-            }
-            TokenPlacement::QueryParameter => {
-                Credential::query(names::ACCESS_TOKEN_QUERY_PARAMETER, token)
-            }
-        };
+        let credential = super::credential(self.placement, &self.header_prefix, token)?;
         // A rotated refresh token is kept even if the access token turns
         // out unusable: the old one is spent.
         if let Some(rotated) = issued.refresh_token {
