@@ -170,13 +170,17 @@ pub fn inject(
                     entry.0.insert(file.key.clone());
                     entry.1 = false;
                 }
-                if let Some(file) = resolved.refresh_token_file() {
-                    // Absent until a person authorizes: optional, so the pod
-                    // starts and the sidecar says what it waits for.
-                    let entry = secret_keys
-                        .entry(file.secret)
-                        .or_insert_with(|| (BTreeSet::new(), true));
-                    entry.0.insert(file.key);
+                if let Some(files) = resolved.oauth_token_files() {
+                    // The access token and its expiry, never the refresh
+                    // token: the operator alone refreshes. Absent until a
+                    // person authorizes: optional, so the pod starts and
+                    // the sidecar says what it waits for.
+                    for file in files.mounted() {
+                        let entry = secret_keys
+                            .entry(file.secret.clone())
+                            .or_insert_with(|| (BTreeSet::new(), true));
+                        entry.0.insert(file.key.clone());
+                    }
                 }
             }
             Err(e) => warnings.push(format!(

@@ -312,13 +312,7 @@ fn two_datasources_sharing_a_secret_get_one_volume_with_both_keys() {
         .filter(|v| v["secret"]["secretName"] == "payments-oauth")
         .collect();
     assert_eq!(volumes.len(), 1, "{volumes:?}");
-    let keys: Vec<&str> = volumes[0]["secret"]["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|i| i["key"].as_str())
-        .collect();
-    assert_eq!(keys, ["client-secret", "crm"]);
+    assert_eq!(secret_keys(volumes[0]), ["client-secret", "crm"]);
 }
 
 #[test]
@@ -417,8 +411,18 @@ fn a_datasource_that_is_not_ready_is_injected_with_a_warning_naming_it() {
     );
 }
 
+/// The keys a Secret volume projects.
+fn secret_keys(volume: &serde_json::Value) -> Vec<&str> {
+    volume["secret"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["key"].as_str())
+        .collect()
+}
+
 #[test]
-fn an_authorization_code_datasource_mounts_its_token_secret_optionally() {
+fn an_authorization_code_datasource_mounts_its_access_token_optionally_never_the_refresh_token() {
     let ac = PAYMENTS.replace(
         "clientId: shop-payments",
         "clientId: shop-payments\n      grantType: AuthorizationCode\n      authorizationUrl: https://auth.internal/authorize\n      redirectUrl: https://sidekey.example/oauth2/callback",
@@ -435,6 +439,7 @@ fn an_authorization_code_datasource_mounts_its_token_secret_optionally() {
         .find(|v| v["secret"]["secretName"] == "payments-sidekey-oauth")
         .expect("token volume");
     assert_eq!(volume["secret"]["optional"], true);
+    assert_eq!(secret_keys(volume), ["access-token", "expires-at"]);
 }
 
 #[test]
