@@ -14,7 +14,6 @@
 //! A wrapped error is a `#[source]`, not part of the message: log with
 //! [`Chain`] to see the whole chain.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use sidekey_crds::SpecError;
@@ -182,23 +181,7 @@ impl StartupError {
     }
 }
 
-/// Shows an error and its sources, `: `-separated, for logs. A source
-/// whose message the text so far already holds is skipped: kube's and
-/// io's errors repeat their source in their own message.
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.to_string();
-        for source in std::iter::successors(self.0.source(), |e| e.source()) {
-            let text = source.to_string();
-            if !shown.contains(&text) {
-                shown = format!("{shown}: {text}");
-            }
-        }
-        f.write_str(&shown)
-    }
-}
+pub use sidekey_plumbing::chain::Chain;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //!
 //! - [`logging`]: the global log subscriber, text or JSON lines, on stdout
 //!   or stderr, with an env-filter that falls back to `info` (and says so).
+//! - [`chain`]: an error with its sources, each message once.
 //! - [`signal`]: the future that completes on SIGTERM or Ctrl-C.
 //! - [`admin`]: the admin port's answers, `/healthz`, `/readyz` and
 //!   `/metrics`, and the plain-text and OpenMetrics responses.
@@ -33,6 +34,7 @@
 //! tracing-subscriber, so a small crate of our own it is.
 
 pub mod admin;
+pub mod chain;
 pub mod logging;
 pub mod serve;
 pub mod signal;

@@ -353,20 +353,7 @@ impl RequestError {
     }
 }
 
-/// Every message in an error's chain, joined, with repeats dropped: hyper
-/// wraps an `io::Error` that wraps a rustls error, and each level adds a word.
-pub fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
+pub use sidekey_plumbing::chain::chain;
 
 #[cfg(test)]
 mod tests {
