@@ -2,6 +2,14 @@
 //! starts (see `scripts/kube-testbed.sh`), and small helpers every
 //! cluster test needs. One server serves the whole run; each test works
 //! in a namespace of its own.
+//!
+//! For the OAuth 2.0 authorization-code grant: [`oauth_server`] runs the real
+//! provider, [`browser`] goes through its sign-in and consent pages, and
+//! [`kubelet`] lays out Secret volumes for pods that never run here.
+
+pub mod browser;
+pub mod kubelet;
+pub mod oauth_server;
 
 use std::future::Future;
 use std::path::PathBuf;
