@@ -27,6 +27,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use sidekey_crds::SpecError;
+use sidekey_oauth::{EndpointError, TlsError};
 use thiserror::Error;
 
 /// An error of any type, for sources that come in several.
@@ -103,13 +104,6 @@ pub enum ConfigError {
         #[source]
         source: SigningError,
     },
-    #[error("CA certificate (secret {secret:?} key {key:?})")]
-    InvalidCertificate {
-        secret: String,
-        key: String,
-        #[source]
-        source: CaBundleError,
-    },
     #[error("{field} {name:?}: the value is not a valid HTTP header value")]
     InvalidHeaderValue { field: &'static str, name: String },
     #[error("{field}")]
@@ -120,16 +114,13 @@ pub enum ConfigError {
     },
     #[error("{field}: {reason}")]
     InvalidSetting { field: &'static str, reason: String },
-    #[error("cannot set up TLS")]
-    Tls {
-        #[source]
-        source: rustls::Error,
-    },
-    #[error("cannot set up TLS: token endpoint client")]
-    TokenClient {
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The datasource's TLS trust cannot be built: a CA bundle that is not
+    /// one, or nothing at all to trust.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The OAuth 2.0 settings cannot make a token endpoint client.
+    #[error(transparent)]
+    TokenEndpoint(#[from] EndpointError),
 }
 
 /// Why a signature key cannot sign (the source of
@@ -150,22 +141,6 @@ pub enum SigningError {
     HeaderValue(http::header::InvalidHeaderValue),
 }
 
-/// What is wrong with a CA bundle (the source of
-/// [`ConfigError::InvalidCertificate`]).
-#[derive(Debug, Error)]
-pub enum CaBundleError {
-    #[error("not a PEM bundle")]
-    Pem(#[source] rustls_pki_types::pem::Error),
-    #[error("the PEM bundle holds no CERTIFICATE block")]
-    Empty,
-    #[error("certificate {number} of the bundle")]
-    Certificate {
-        number: usize,
-        #[source]
-        source: rustls::Error,
-    },
-}
-
 impl ConfigError {
     /// A short, stable name for the error, the label a log line carries.
     pub fn code(&self) -> &'static str {
@@ -181,8 +156,14 @@ impl ConfigError {
             | Self::InvalidTokenExpiry { .. } => "invalid_secret",
             Self::SignatureKeyTooShort { .. } => "signature_key_too_short",
             Self::SignatureKey { .. } => "invalid_signature_key",
-            Self::InvalidCertificate { .. } => "invalid_certificate",
-            Self::Tls { .. } | Self::TokenClient { .. } => "tls_setup_failed",
+            Self::Tls(TlsError::InvalidCertificate { .. }) => "invalid_certificate",
+            Self::Tls(TlsError::NoRoots) => "invalid_datasource",
+            Self::TokenEndpoint(
+                EndpointError::Missing { .. } | EndpointError::InvalidUrl { .. },
+            ) => "invalid_datasource",
+            Self::Tls(TlsError::Setup(_)) | Self::TokenEndpoint(EndpointError::Client(_)) => {
+                "tls_setup_failed"
+            }
         }
     }
 }

@@ -10,7 +10,6 @@
 mod mounted;
 mod renewal;
 mod schedule;
-mod token_endpoint;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use tokio::sync::watch;
 use super::{Authenticate, Credential, Setup};
 use crate::error::{ConfigError, RequestError};
 use renewal::{ASK_RETRY_PAUSE, Ask, Outcome, Published, Renewal};
-use token_endpoint::TokenEndpoint;
+use sidekey_oauth::TokenEndpoint;
 
 pub use mounted::Mounted;
 pub use schedule::{renew_after, retry_delays};

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use backon::ExponentialBackoff;
 use sidekey_crds::{GrantType, SecretValue, TokenPlacement};
+use sidekey_oauth::{Grant, Issued, TokenEndpoint};
 use tokio::sync::watch;
 
 use super::schedule;
-use super::token_endpoint::{Grant, Issued, TokenEndpoint};
 use crate::auth::Credential;
+use crate::error::chain;
 use crate::metrics::Metrics;
 
 /// An ask that comes within this long of a failed attempt is answered with
@@ -174,8 +175,11 @@ impl Renewal {
         };
         self.metrics.token_fetches.inc();
         let sent_at = Instant::now();
+        // The failure's text, with its sources, is shared by every
+        // request waiting for this answer.
         let result = self.endpoint.request(grant).await;
         result
+            .map_err(|e| chain(&e))
             .and_then(|issued| self.store(issued, sent_at))
             .inspect_err(|reason| {
                 self.metrics.token_fetch_failures.inc();
