@@ -62,8 +62,39 @@ pub struct Args {
     #[arg(long, env = "SIDEKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Serve the authorization endpoint for grantType AuthorizationCode
+    /// (plain HTTP, behind an Ingress or kubectl port-forward) on this
+    /// address; without it, no one can authorize such a datasource.
+    #[arg(long, env = "SIDEKEY_OAUTH_LISTEN")]
+    pub oauth_listen: Option<SocketAddr>,
+
+    /// The base URL people open the authorization endpoint at (an Ingress
+    /// host, or http://127.0.0.1:PORT for a port-forward); the links in
+    /// status.authorizationUrl start with it, and each datasource's
+    /// redirectUrl must be <it>/oauth2/callback [default:
+    /// http://<--oauth-listen>, 127.0.0.1 for an unspecified address].
+    #[arg(long, env = "SIDEKEY_OAUTH_PUBLIC_URL", requires = "oauth_listen")]
+    pub oauth_public_url: Option<url::Url>,
+
     #[command(flatten)]
     pub webhook: WebhookArgs,
+}
+
+impl Args {
+    /// The authorization endpoint's settings, when it runs.
+    pub fn oauth(&self) -> Option<crate::oauth::Settings> {
+        let listen = self.oauth_listen?;
+        let public_url = self.oauth_public_url.clone().unwrap_or_else(|| {
+            let mut shown = listen;
+            if shown.ip().is_unspecified() {
+                shown.set_ip(Ipv4Addr::LOCALHOST.into());
+            }
+            // A socket address always makes a valid URL.
+            url::Url::parse(&format!("http://{shown}/"))
+                .unwrap_or_else(|_| url::Url::parse("http://127.0.0.1/").expect("a constant URL"))
+        });
+        Some(crate::oauth::Settings { listen, public_url })
+    }
 }
 
 /// Where the operator's certificates for the webhook come from.

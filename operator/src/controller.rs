@@ -19,7 +19,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use sidekey_crds::names::{FIELD_MANAGER, configmap_name};
+use sidekey_crds::names::{FIELD_MANAGER, OAUTH_TOKEN_SECRET_SUFFIX, configmap_name};
 use sidekey_crds::{ApiDatasource, ApiDatasourceStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,7 @@ use crate::configmap;
 use crate::configmap_drift;
 use crate::error::{Chain, DatasourceError, ReconcileError};
 use crate::metrics::Metrics;
+use crate::oauth::{self, refresh::Authorization};
 use crate::secrets_index::SecretsIndex;
 use crate::status::{self, Readiness};
 use crate::validate;
@@ -50,6 +51,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per datasource, for the error policy's backoff.
     pub failures: Failures,
+    /// The authorization endpoint, when it runs (`--oauth-listen`).
+    pub oauth: Option<Arc<oauth::Settings>>,
 }
 
 impl Context {
@@ -63,6 +66,7 @@ impl Context {
             client,
             metrics,
             failures: Failures::default(),
+            oauth: None,
         }
     }
 
@@ -159,9 +163,24 @@ pub async fn reconcile(
         Ok(valid) => {
             let cm = configmap::desired(&ds, &name, &namespace, &valid.resolved)?;
             configmap::apply(&Api::namespaced(client.clone(), &namespace), &cm).await?;
+            let authorization = match oauth::authorization_code(&valid.resolved) {
+                Some(settings) => Some(
+                    oauth::refresh::reconcile(
+                        client,
+                        ctx.oauth.as_deref(),
+                        &ctx.metrics,
+                        &ds,
+                        &valid.resolved,
+                        settings,
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
             Outcome::Valid {
                 config_map: configmap_name(&name),
                 ca_certificates: valid.ca_certificates,
+                authorization,
             }
         }
         // Bad input: say so and leave the last good ConfigMap untouched.
@@ -191,6 +210,10 @@ pub async fn reconcile(
         let (readiness, desired) = outcome.status(generation, current, now);
         if current != Some(&desired) {
             let transition = status::is_transition(status::ready_condition(current), &readiness);
+            let authorized = outcome.authorized();
+            let authorized_transition = authorized.as_ref().is_some_and(|a| {
+                status::is_transition(status::condition(current, status::AUTHORIZED), a)
+            });
             // The status first: a failed write is retried, and the Event
             // of the transition must not be published once per attempt.
             status::apply(&api, &name, &desired).await?;
@@ -208,24 +231,68 @@ pub async fn reconcile(
                     tracing::warn!(error = %Chain(&e), "cannot publish the Event");
                 }
             }
+            if let Some(authorized) = authorized.filter(|_| authorized_transition) {
+                tracing::info!(
+                    datasource = %format!("{namespace}/{name}"),
+                    authorized = authorized.ready,
+                    reason = %authorized.reason,
+                    "Authorized changed"
+                );
+                if let Err(e) = publish_event(&ctx, &ds, &namespace, &name, &authorized).await {
+                    tracing::warn!(error = %Chain(&e), "cannot publish the Event");
+                }
+            }
         }
     }
 
     ctx.failures().remove(&ObjectRef::from_obj(&*ds));
     ctx.metrics.reconciled(&readiness.reason);
-    Ok(Action::requeue(RESYNC))
+    let recheck = outcome
+        .recheck_in()
+        .map_or(RESYNC, |r| r.clamp(MIN_RECHECK, RESYNC));
+    Ok(Action::requeue(recheck))
 }
+
+/// The soonest a datasource is looked at again on its own schedule.
+const MIN_RECHECK: Duration = Duration::from_millis(500);
 
 /// What validation concluded, before it is written down.
 enum Outcome {
     Valid {
         config_map: String,
         ca_certificates: Option<usize>,
+        /// For the authorization-code grant.
+        authorization: Option<Authorization>,
     },
     Invalid(DatasourceError),
 }
 
 impl Outcome {
+    /// The `Authorized` condition, for an authorization-code datasource.
+    fn authorized(&self) -> Option<Readiness> {
+        match self {
+            Self::Valid {
+                authorization: Some(a),
+                ..
+            } => Some(Readiness {
+                ready: a.authorized,
+                reason: a.reason.clone(),
+                message: a.message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn recheck_in(&self) -> Option<Duration> {
+        match self {
+            Self::Valid {
+                authorization: Some(a),
+                ..
+            } => Some(a.recheck_in),
+            _ => None,
+        }
+    }
+
     /// The `Ready` condition and the whole status, given the status as it
     /// is now (for `lastTransitionTime` and the ConfigMap kept in place).
     fn status(
@@ -238,6 +305,7 @@ impl Outcome {
             Self::Valid {
                 config_map,
                 ca_certificates,
+                ..
             } => (
                 Readiness::reconciled(config_map, *ca_certificates),
                 Some(config_map.clone()),
@@ -247,7 +315,28 @@ impl Outcome {
                 (Readiness::invalid(problem, kept.as_deref()), kept)
             }
         };
-        let desired = status::desired(generation, current, &readiness, config_map, now);
+        let authorized = self.authorized();
+        let url = match self {
+            Self::Valid {
+                authorization: Some(a),
+                ..
+            } => a.url.clone(),
+            // An invalid datasource keeps its link: it may be fixed soon.
+            _ => current.and_then(|s| s.authorization_url.clone()),
+        };
+        let authorization = match (&authorized, self) {
+            (Some(a), _) => Some((a, url)),
+            (None, Self::Invalid(_)) => None,
+            (None, _) => None,
+        };
+        let desired = status::desired(
+            generation,
+            current,
+            &readiness,
+            config_map,
+            authorization,
+            now,
+        );
         (readiness, desired)
     }
 }
@@ -383,7 +472,12 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
             move |secret| {
                 let ns = secret.metadata.namespace.unwrap_or_default();
                 let name = secret.metadata.name.unwrap_or_default();
-                index.datasources_for(&ns, &name)
+                // A token Secret changed (the authorization endpoint wrote
+                // it): its datasource puts that in its status.
+                let owner = name
+                    .strip_suffix(OAUTH_TOKEN_SECRET_SUFFIX)
+                    .map(|ds| ObjectRef::new(ds).within(&ns));
+                index.datasources_for(&ns, &name).into_iter().chain(owner)
             },
         )
         .with_config(config)

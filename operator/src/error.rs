@@ -102,6 +102,15 @@ pub enum ReconcileError {
 
     #[error("the ApiDatasource has no {0}")]
     MissingMetadata(&'static str),
+
+    /// The provider did not answer a refresh; retried with backoff while
+    /// the access token is still valid.
+    #[error("refreshing the access token of ApiDatasource {datasource:?}: {reason}")]
+    TokenEndpoint { datasource: String, reason: String },
+
+    /// Writing the token Secret failed, or lost a race with another write.
+    #[error("storing the tokens")]
+    TokenSecret(#[source] crate::oauth::tokens::SaveError),
 }
 
 impl ReconcileError {
@@ -120,6 +129,8 @@ impl ReconcileError {
             Self::Invalid(e) => e.reason(),
             Self::Kube { .. } => "KubeApiError",
             Self::MissingMetadata(_) => "MissingMetadata",
+            Self::TokenEndpoint { .. } => "TokenEndpointUnavailable",
+            Self::TokenSecret(_) => "TokenSecretWriteFailed",
         }
     }
 }
@@ -140,6 +151,13 @@ pub enum StartupError {
 
     #[error("admin server cannot listen on {addr}")]
     AdminListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the authorization endpoint cannot listen on {addr}")]
+    OAuthListen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -175,6 +193,7 @@ impl StartupError {
             | Self::ServerVersion(_)
             | Self::AdminListen { .. }
             | Self::WebhookListen { .. }
+            | Self::OAuthListen { .. }
             | Self::LeaderElection { .. }
             | Self::LostLeadership { .. } => 1,
         }

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod oauth;
 pub mod secrets_index;
 pub mod status;
 pub mod validate;
@@ -65,6 +66,20 @@ pub async fn run(args: Args) -> Result<(), StartupError> {
         None => None,
     };
 
+    // Every replica serves the authorization endpoint: the token Secret is
+    // its only state.
+    let oauth = args.oauth().map(Arc::new);
+    if let Some(settings) = &oauth {
+        let addr = oauth::server::serve(
+            client.clone(),
+            settings.clone(),
+            state.metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(%addr, public_url = %settings.public_url, "authorization endpoint listening");
+    }
+
     let mut leadership = leader::Leadership::join(client.clone(), lease.clone()).await?;
     // A standby is ready once it can answer admissions; the certificate of
     // a first install comes from the leader.
@@ -94,11 +109,9 @@ pub async fn run(args: Args) -> Result<(), StartupError> {
     state.metrics.leader.set(1);
     tracing::info!(identity = %lease.identity, "became leader; reconciling");
 
-    let ctx = Arc::new(controller::Context::new(
-        client,
-        state.metrics.clone(),
-        &lease.identity,
-    ));
+    let mut ctx = controller::Context::new(client, state.metrics.clone(), &lease.identity);
+    ctx.oauth = oauth;
+    let ctx = Arc::new(ctx);
     let scope = controller::Scope {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,

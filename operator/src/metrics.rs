@@ -30,6 +30,24 @@ pub struct AdmissionLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatasourceLabel {
+    pub namespace: String,
+    pub datasource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PageLabel {
+    /// `authorize` or `callback`.
+    pub route: &'static str,
+    pub code: u16,
+}
+
 /// The operator's metrics; clones share the same series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -45,6 +63,14 @@ pub struct Metrics {
     pub admissions: Family<AdmissionLabel, Counter>,
     /// Time the webhook took to answer each admission.
     pub admission_duration: Histogram,
+    /// Refreshes of authorization-code tokens, by result: `success`,
+    /// `refused` (a person must authorize again) or `failed` (retried).
+    pub oauth_refreshes: Family<ResultLabel, Counter>,
+    /// When each datasource's access token expires (Unix seconds):
+    /// `... - time()` is the time left.
+    pub oauth_expiry: Family<DatasourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Pages the authorization endpoint served, by route and status code.
+    pub oauth_pages: Family<PageLabel, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -91,6 +117,24 @@ impl Default for Metrics {
             "Time the webhook took to answer each admission",
             admission_duration.clone(),
         );
+        let oauth_refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "oauth_refreshes",
+            "Refreshes of authorization-code access tokens, by result",
+            oauth_refreshes.clone(),
+        );
+        let oauth_expiry = Family::default();
+        registry.register(
+            "oauth_access_token_expiry_timestamp_seconds",
+            "When each authorization-code datasource's access token expires (Unix time)",
+            oauth_expiry.clone(),
+        );
+        let oauth_pages = Family::<PageLabel, Counter>::default();
+        registry.register(
+            "oauth_pages",
+            "Pages the authorization endpoint served, by route and status code",
+            oauth_pages.clone(),
+        );
         Self {
             reconciles,
             errors,
@@ -98,6 +142,9 @@ impl Default for Metrics {
             leader,
             admissions,
             admission_duration,
+            oauth_refreshes,
+            oauth_expiry,
+            oauth_pages,
             registry: Arc::new(registry),
         }
     }
@@ -134,6 +181,44 @@ impl Metrics {
             .get_or_create(&AdmissionLabel { result, reason })
             .inc();
         self.admission_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn oauth_refreshed(&self, result: &'static str) {
+        self.oauth_refreshes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Records when a datasource's access token expires; none, no series.
+    pub fn oauth_expiry(
+        &self,
+        namespace: &str,
+        datasource: &str,
+        expires_at: Option<k8s_openapi::jiff::Timestamp>,
+    ) {
+        let label = DatasourceLabel {
+            namespace: namespace.to_owned(),
+            datasource: datasource.to_owned(),
+        };
+        match expires_at {
+            Some(t) => {
+                self.oauth_expiry
+                    .get_or_create(&label)
+                    .set(t.as_millisecond() as f64 / 1000.0);
+            }
+            None => {
+                self.oauth_expiry.remove(&label);
+            }
+        }
+    }
+
+    pub fn oauth_request(&self, route: &'static str, status: http::StatusCode) {
+        self.oauth_pages
+            .get_or_create(&PageLabel {
+                route,
+                code: status.as_u16(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -11,6 +11,9 @@ use crate::error::{DatasourceError, ReconcileError};
 
 /// The condition type the operator maintains.
 pub const READY: &str = "Ready";
+/// For authorization-code datasources: whether the operator holds a
+/// refresh token, and if not, why.
+pub const AUTHORIZED: &str = "Authorized";
 /// Reason of `Ready=True`.
 pub const RECONCILED: &str = "Reconciled";
 
@@ -56,7 +59,15 @@ impl Readiness {
 
 /// The `Ready` condition of a status, if any.
 pub fn ready_condition(status: Option<&ApiDatasourceStatus>) -> Option<&Condition> {
-    status?.conditions.iter().find(|c| c.type_ == READY)
+    condition(status, READY)
+}
+
+/// The condition of type `type_`, if any.
+pub fn condition<'a>(
+    status: Option<&'a ApiDatasourceStatus>,
+    type_: &str,
+) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// True when `new` differs from `old` in status or reason: worth an Event.
@@ -71,35 +82,53 @@ fn status_word(ready: bool) -> &'static str {
     if ready { "True" } else { "False" }
 }
 
-/// The whole status as observed now, for the spec of `generation`.
-/// `lastTransitionTime` is kept from `current` while the condition's status
+/// The whole status as observed now, for the spec of `generation`, with
+/// the `Authorized` condition and link of an authorization-code datasource.
+/// `lastTransitionTime` is kept from `current` while a condition's status
 /// does not change, as Kubernetes conventions ask.
 pub fn desired(
     generation: Option<i64>,
     current: Option<&ApiDatasourceStatus>,
     readiness: &Readiness,
     config_map: Option<String>,
+    authorization: Option<(&Readiness, Option<String>)>,
     now: Time,
 ) -> ApiDatasourceStatus {
-    let old = ready_condition(current);
-    let status = status_word(readiness.ready);
-    let last_transition_time = match old {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => now,
-    };
+    let mut conditions = vec![to_condition(READY, readiness, generation, current, &now)];
+    let mut authorization_url = None;
+    if let Some((authorized, url)) = authorization {
+        conditions.push(to_condition(
+            AUTHORIZED, authorized, generation, current, &now,
+        ));
+        authorization_url = url;
+    }
     ApiDatasourceStatus {
-        conditions: vec![Condition {
-            type_: READY.to_owned(),
-            status: status.to_owned(),
-            reason: readiness.reason.clone(),
-            message: readiness.message.clone(),
-            observed_generation: generation,
-            last_transition_time,
-        }],
+        conditions,
         observed_generation: generation,
         config_map,
-        // Not written by the operator yet (issue 8).
-        authorization_url: None,
+        authorization_url,
+    }
+}
+
+fn to_condition(
+    type_: &str,
+    readiness: &Readiness,
+    generation: Option<i64>,
+    current: Option<&ApiDatasourceStatus>,
+    now: &Time,
+) -> Condition {
+    let status = status_word(readiness.ready);
+    let last_transition_time = match condition(current, type_) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: readiness.reason.clone(),
+        message: readiness.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
     }
 }
 
@@ -142,6 +171,7 @@ mod tests {
             None,
             &ready,
             Some("payments-sidekey".into()),
+            None,
             time(10),
         );
         let again = desired(
@@ -149,6 +179,7 @@ mod tests {
             Some(&first),
             &ready,
             Some("payments-sidekey".into()),
+            None,
             time(99),
         );
         assert_eq!(first, again);
@@ -164,7 +195,7 @@ mod tests {
             "{}",
             ready.message
         );
-        let first = desired(Some(3), None, &ready, None, time(10));
+        let first = desired(Some(3), None, &ready, None, None, time(10));
         let problem = DatasourceError::SecretNotFound {
             namespace: "shop".into(),
             secret: "tok".into(),
@@ -172,7 +203,7 @@ mod tests {
         };
         let bad = Readiness::invalid(&problem, Some("payments-sidekey"));
         assert!(is_transition(ready_condition(Some(&first)), &bad));
-        let second = desired(Some(4), Some(&first), &bad, None, time(20));
+        let second = desired(Some(4), Some(&first), &bad, None, None, time(20));
         let c = &second.conditions[0];
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -189,7 +220,7 @@ mod tests {
     #[test]
     fn same_status_and_reason_is_no_transition() {
         let ready = Readiness::reconciled("x", None);
-        let st = desired(Some(1), None, &ready, None, time(1));
+        let st = desired(Some(1), None, &ready, None, None, time(1));
         assert!(!is_transition(ready_condition(Some(&st)), &ready));
     }
 }

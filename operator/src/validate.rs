@@ -38,6 +38,11 @@ impl FetchedSecrets {
         self.secrets.insert(name.to_owned(), values);
     }
 
+    /// The value of one referenced key, if its Secret and key exist.
+    pub fn value(&self, file: &SecretFile) -> Option<&SecretValue> {
+        self.get(&file.secret)?.as_ref()?.get(&file.key)
+    }
+
     fn get(&self, secret: &str) -> Option<&Option<BTreeMap<String, SecretValue>>> {
         self.secrets.get(secret)
     }

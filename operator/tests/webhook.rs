@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -39,8 +38,10 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sidekey_crds::names;
-use support::{Bed, Operator, OperatorOptions, WAIT, ca_bundle, free_port, free_ports};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use support::{
+    Bed, Operator, OperatorOptions, Sidecar, WAIT, ca_bundle, free_port, free_ports, sidecar_binary,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The image the operator is told to inject.
@@ -1164,78 +1165,6 @@ fn upstream_pki() -> (String, Arc<rustls::ServerConfig>) {
         .expect("server configuration");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (ca.pem(), Arc::new(config))
-}
-
-/// The sidecar binary `cargo test --workspace` builds next to the
-/// operator's.
-fn sidecar_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_sidekey-operator")).with_file_name("sidekey-sidecar");
-    assert!(
-        path.is_file(),
-        "{} does not exist: build it first: cargo build -p sidekey-sidecar",
-        path.display()
-    );
-    path
-}
-
-/// A running sidecar; killed when dropped, its output shown when a test
-/// fails.
-struct Sidecar {
-    child: tokio::process::Child,
-    output: Arc<Mutex<String>>,
-}
-
-impl Sidecar {
-    fn start(args: &[String]) -> Self {
-        let mut child = tokio::process::Command::new(sidecar_binary())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting the sidecar");
-        let output = Arc::new(Mutex::new(String::new()));
-        for reader in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let output = output.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
-        }
-        Self { child, output }
-    }
-
-    fn logs(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- logs of the sidecar ----\n{}", self.logs());
-        }
-    }
 }
 
 /// A plain HTTP/1.0 GET on loopback: (status, body), or None when nothing

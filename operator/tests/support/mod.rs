@@ -9,7 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Api, Client};
 use sidekey_crds::ApiDatasource;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 /// How long a scenario waits for the operator to act before failing.
@@ -495,4 +495,76 @@ pub fn ca_bundle(n: usize) -> String {
             params.self_signed(&key).expect("certificate").pem()
         })
         .collect()
+}
+
+/// The sidecar binary `cargo test --workspace` builds next to the
+/// operator's.
+pub fn sidecar_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_sidekey-operator")).with_file_name("sidekey-sidecar");
+    assert!(
+        path.is_file(),
+        "{} does not exist: build it first: cargo build -p sidekey-sidecar",
+        path.display()
+    );
+    path
+}
+
+/// A running sidecar; killed when dropped, its output shown when a test
+/// fails.
+pub struct Sidecar {
+    pub child: tokio::process::Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Sidecar {
+    pub fn start(args: &[String]) -> Self {
+        let mut child = tokio::process::Command::new(sidecar_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the sidecar");
+        let output = Arc::new(Mutex::new(String::new()));
+        for reader in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(reader).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        Self { child, output }
+    }
+
+    pub fn logs(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- logs of the sidecar ----\n{}", self.logs());
+        }
+    }
 }
