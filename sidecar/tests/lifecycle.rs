@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::oauth::{BODY_CLIENT, BODY_SECRET, OAuthServer};
+use common::oauth::{self, BODY_CLIENT, BODY_SECRET};
 use common::sidecar::kubelet_write;
 use common::*;
 
@@ -83,7 +83,7 @@ async fn admin_serves_health_readiness_and_metrics() {
 async fn readiness_waits_for_the_first_oauth_token() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = workspace(&pki);
     ws.write_secret("payments-oauth", "client-secret", BODY_SECRET);
     ws.write_datasource(&manifest(
@@ -292,7 +292,7 @@ fn assert_absent(what: &str, text: &str, secrets: &[String]) {
 async fn no_secret_reaches_logs_or_error_bodies_with_oauth2_and_signature() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = workspace(&pki);
     let signing_key = "signing-key-0123456789-abcdefghijklmnop";
     ws.write_secret("payments-oauth", "client-secret", BODY_SECRET);
@@ -344,7 +344,7 @@ async fn no_secret_reaches_logs_or_error_bodies_with_oauth2_and_signature() {
 async fn no_secret_reaches_logs_or_error_bodies_when_the_token_endpoint_refuses() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = workspace(&pki);
     let wrong = "wrong-client-secret-5f0e7d";
     ws.write_secret("payments-oauth", "client-secret", wrong);

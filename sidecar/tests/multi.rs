@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::oauth::{BODY_CLIENT, BODY_SECRET, OAuthServer};
+use common::oauth::{self, BODY_CLIENT, BODY_SECRET};
 use common::sidecar::{Sidecar, kubelet_write};
 use common::*;
 use hmac::{Hmac, Mac};
@@ -274,7 +274,7 @@ async fn a_datasource_reloads_alone_and_a_broken_change_stays_its_own() {
 async fn readiness_waits_for_every_datasource_and_names_the_one_not_ready() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = workspace(&pki);
     ws.write_secret("payments-basic", "password", PAYMENTS_PASSWORD);
     ws.write_datasource(&manifest(&upstream.url(), PAYMENTS_BASIC));
@@ -347,10 +347,7 @@ async fn readiness_waits_for_every_datasource_and_names_the_one_not_ready() {
     }
     let crm = get_echo_at(&sidecar, 1, "/a", &[]).await;
     let authorization = header(&crm, "authorization").expect("authorization");
-    assert_eq!(
-        common::oauth::claims(authorization)["client_id"],
-        BODY_CLIENT
-    );
+    assert_eq!(oauth::claims(authorization)["client_id"], BODY_CLIENT);
 
     let expiry = sidecar
         .metric("sidekey_token_expiry_seconds{datasource=\"crm\"}")

@@ -36,7 +36,7 @@ fn oauth_workspace(
 async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom_parameters() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
@@ -73,7 +73,7 @@ async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom
 async fn client_credentials_with_a_basic_header_form_urlencode_id_and_secret() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
@@ -94,7 +94,7 @@ async fn client_credentials_with_a_basic_header_form_urlencode_id_and_secret() {
 async fn client_authenticating_the_wrong_way_gets_503_with_the_servers_answer() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     // Registered for client_secret_post, configured to use the Basic header.
     let ws = oauth_workspace(
         &pki,
@@ -126,7 +126,7 @@ async fn client_authenticating_the_wrong_way_gets_503_with_the_servers_answer() 
 async fn token_goes_in_the_access_token_query_parameter_when_asked() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
@@ -149,7 +149,7 @@ async fn token_goes_in_the_access_token_query_parameter_when_asked() {
 async fn header_prefix_is_written_before_the_token() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
@@ -170,7 +170,7 @@ async fn header_prefix_is_written_before_the_token() {
 async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_request() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 3);
+    let server = oauth::start(&pki, 3).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
@@ -241,7 +241,7 @@ async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_requ
 async fn upstream_401_renews_the_token_once_and_retries_the_request() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
@@ -337,7 +337,7 @@ fn authorization_code_workspace(
 /// An authorization-code datasource with the refresh token `server`
 /// minted, requesting tokens at `token_url`.
 fn authorized(pki: &Pki, upstream: &Upstream, server: &OAuthServer, token_url: &str) -> Workspace {
-    let token = server.refresh_token();
+    let token = server.minted_refresh_token();
     authorization_code_workspace(pki, &upstream.url(), token_url, Some(&token))
 }
 
@@ -345,7 +345,7 @@ fn authorized(pki: &Pki, upstream: &Upstream, server: &OAuthServer, token_url: &
 async fn authorization_code_without_a_token_is_not_ready_and_says_why() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = authorization_code_workspace(&pki, &upstream.url(), &server.token_url(), None);
     let sidecar = sidecar::start(&ws);
     let ready = client()
@@ -374,7 +374,7 @@ async fn authorization_code_without_a_token_is_not_ready_and_says_why() {
 async fn authorization_code_refreshes_with_the_rotated_refresh_token() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start_with_refresh_token(&pki, 2);
+    let server = oauth::start_with_refresh_token(&pki, 2).await;
     let ws = authorized(&pki, &upstream, &server, &server.token_url());
     let sidecar = sidecar::start(&ws);
     let until = Instant::now() + Duration::from_secs(4);
@@ -471,7 +471,7 @@ async fn a_token_expired_on_arrival_is_a_failure_that_waiting_requests_share() {
 async fn a_reload_that_rebuilds_oauth2_keeps_the_old_token_serving_until_a_new_one_comes() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start(&pki, 300);
+    let server = oauth::start(&pki, 300).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
@@ -569,8 +569,8 @@ impl SlowRelay {
 async fn a_renewal_outlives_the_request_that_asked_for_it() {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = OAuthServer::start_with_refresh_token(&pki, 300);
-    let relay = SlowRelay::start(server.port).await;
+    let server = oauth::start_with_refresh_token(&pki, 300).await;
+    let relay = SlowRelay::start(server.port()).await;
     let ws = authorized(&pki, &upstream, &server, &relay.token_url());
     let sidecar = sidecar::start(&ws);
     let old = authorization_sent(&sidecar, "/a").await;

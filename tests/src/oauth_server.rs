@@ -1,7 +1,8 @@
 //! The real OAuth 2.0 / OpenID Connect provider of the tests:
 //! node-oidc-provider, run by `tests/oauth-server/server.mjs` (its header
 //! comment documents every flag), on 127.0.0.1 over HTTPS with a
-//! certificate from a test CA made for each server.
+//! certificate from a test CA made for each server, or the one a test
+//! gives ([`Config::tls`]).
 //!
 //! Its stdout is one JSON line per event: `{"port": N}` once it listens,
 //! `{"refresh_token": ...}` for `--mint-refresh-token`, and one
@@ -31,6 +32,42 @@ pub struct Config {
     /// Records a grant for this client at start and prints its refresh
     /// token (`--mint-refresh-token`): see [`OAuthServer::minted_refresh_token`].
     pub mint_refresh_token: Option<String>,
+    /// The certificate it serves; `None`: one from a test CA made for this
+    /// server.
+    pub tls: Option<Tls>,
+}
+
+/// An HTTPS identity, all PEM: a certificate for 127.0.0.1 (and
+/// localhost), its key, and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl Tls {
+    /// A new test CA and a certificate it signs for 127.0.0.1 and localhost.
+    pub fn generate() -> Self {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "sidekey OAuth provider test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let key = KeyPair::generate().expect("server key");
+        let cert = CertificateParams::new(names)
+            .expect("server params")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: ca.pem(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -40,6 +77,7 @@ impl Default for Config {
             ttl_seconds: 300,
             interactive: false,
             mint_refresh_token: None,
+            tls: None,
         }
     }
 }
@@ -102,15 +140,15 @@ impl OAuthServer {
             dir.display()
         );
         let tmp = tempfile::tempdir().expect("tempdir for the OAuth provider");
-        let pki = Pki::new();
+        let tls = config.tls.unwrap_or_else(Tls::generate);
         let write = |name: &str, text: &str| {
             let path = tmp.path().join(name);
             std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             path
         };
         let clients = write("clients.json", &Value::from(config.clients).to_string());
-        let cert = write("cert.pem", &pki.cert_pem);
-        let key = write("key.pem", &pki.key_pem);
+        let cert = write("cert.pem", &tls.cert_pem);
+        let key = write("key.pem", &tls.key_pem);
 
         let mut command = Command::new("node");
         command
@@ -171,7 +209,7 @@ impl OAuthServer {
         Self {
             child,
             port,
-            ca_pem: pki.ca_pem,
+            ca_pem: tls.ca_pem,
             events,
             _dir: tmp,
         }
@@ -275,35 +313,5 @@ impl OAuthServer {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         assert!(status.is_success(), "POST {url}: {status}: {body}");
-    }
-}
-
-/// A test CA and a server certificate for 127.0.0.1 and localhost.
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "sidekey OAuth provider test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
-        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-        let key = KeyPair::generate().expect("server key");
-        let cert = CertificateParams::new(names)
-            .expect("server params")
-            .signed_by(&key, &ca)
-            .expect("server certificate");
-        Self {
-            ca_pem: ca.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
     }
 }
