@@ -451,6 +451,28 @@ impl ResolvedDatasource {
         self.secret_uses().into_iter().map(|u| u.file).collect()
     }
 
+    /// The secrets a sidecar in a cluster needs, which the webhook mounts:
+    /// all of them but, for the authorization-code grant, the client
+    /// secret, which only the operator (the one refresher) uses.
+    pub fn sidecar_secret_files(&self) -> Vec<&SecretFile> {
+        let operator_only = self.operator_only_secret();
+        self.secret_files()
+            .into_iter()
+            .filter(|f| Some(*f) != operator_only)
+            .collect()
+    }
+
+    /// The client secret of the authorization-code grant: the operator
+    /// needs it; a sidecar only in local mode, where it refreshes itself.
+    pub fn operator_only_secret(&self) -> Option<&SecretFile> {
+        match &self.authentication {
+            ResolvedAuthentication::OAuth2(o) if o.grant_type == GrantType::AuthorizationCode => {
+                Some(&o.client_secret)
+            }
+            _ => None,
+        }
+    }
+
     /// For the authorization-code grant: the files of the Secret
     /// `<datasource>-sidekey-oauth` in which the operator keeps its tokens.
     pub fn oauth_token_files(&self) -> Option<OAuthTokenFiles> {
@@ -684,6 +706,13 @@ spec:
             .oauth_token_files()
             .expect("files");
         let mounted: Vec<&str> = files.mounted().iter().map(|f| f.path.as_str()).collect();
+        let resolved = parse(&yaml).expect("valid");
+        let sidecar: Vec<&str> = resolved
+            .sidecar_secret_files()
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(sidecar, ["signing/key"], "no client secret in the sidecar");
         assert_eq!(
             mounted,
             [

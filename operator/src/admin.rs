@@ -15,7 +15,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use sidekey_plumbing::admin::{self, Probes, text};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::StartupError;
@@ -62,11 +61,8 @@ pub async fn serve(
     state: State,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, StartupError> {
-    let listener = TcpListener::bind(addr)
+    let (listener, bound) = sidekey_plumbing::serve::bind(addr)
         .await
-        .map_err(|source| StartupError::AdminListen { addr, source })?;
-    let bound = listener
-        .local_addr()
         .map_err(|source| StartupError::AdminListen { addr, source })?;
     tokio::spawn(sidekey_plumbing::serve::serve(
         "admin",

@@ -106,17 +106,9 @@ impl Setup {
 
     /// Waits for the `Authorized` condition to have this status and reason.
     async fn wait_authorized(&self, status: &str, reason: &str) -> ApiDatasource {
-        let api = self.bed.datasources();
-        sidekey_tests::wait_for(
-            &format!("Authorized={status} reason={reason}"),
-            WAIT,
-            || async {
-                let ds = api.get_opt(DATASOURCE).await.ok().flatten()?;
-                let c = authorized(&ds)?;
-                (c.status == status && c.reason == reason).then_some(ds)
-            },
-        )
-        .await
+        self.bed
+            .wait_condition(DATASOURCE, "Authorized", status, reason)
+            .await
     }
 
     /// Waits for a link in the status other than `not`.
@@ -146,17 +138,6 @@ fn callback(oauth_port: u16) -> String {
         "http://127.0.0.1:{oauth_port}{}",
         names::OAUTH_CALLBACK_PATH
     )
-}
-
-fn authorized(
-    ds: &ApiDatasource,
-) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    ds.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Authorized")
-        .cloned()
 }
 
 /// An upstream that accepts only access tokens the provider signed (its
@@ -276,8 +257,8 @@ impl Pod {
         std::fs::write(&datasource, resolved).expect("datasource file");
         let secrets = dir.path().join("secrets");
         let token_secret = names::oauth_token_secret_name(DATASOURCE);
+        // What the webhook mounts: no client secret, no refresh token.
         let volumes = [
-            ("crm-oauth", &["client-secret"][..]),
             ("crm-ca", &["ca.crt"][..]),
             (
                 token_secret.as_str(),
@@ -292,7 +273,6 @@ impl Pod {
         // The volumes' first versions, before the sidecar reads them.
         wait_files(&secrets.join(&token_secret), names::ACCESS_TOKEN_KEY).await;
         wait_files(&secrets.join("crm-ca"), "ca.crt").await;
-        wait_files(&secrets.join("crm-oauth"), "client-secret").await;
         let ports = free_ports(2);
         let proxy: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
         let sidecar = Sidecar::start(&[

@@ -72,11 +72,10 @@ impl Snapshot {
 
         let auth_inputs = (
             ds.authentication.clone(),
+            // The operator-only client secret may be absent (see `Sources`).
             ds.authentication
                 .credential()
-                .map(|(_, file)| file)
-                .map(|f| sources.secret(f).cloned())
-                .transpose()?,
+                .and_then(|(_, file)| sources.secret(file).ok().cloned()),
             sources.operator_tokens.clone(),
         );
         let reusable =

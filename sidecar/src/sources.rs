@@ -109,7 +109,7 @@ impl Locations {
 
         let mut secrets = HashMap::new();
         let mut first_error = None;
-        for file in datasource.secret_files() {
+        for file in datasource.sidecar_secret_files() {
             match self.read_secret(file) {
                 Ok(value) => {
                     file.path.hash(hasher);
@@ -123,6 +123,15 @@ impl Locations {
         }
         if let Some(e) = first_error {
             return Err(e);
+        }
+
+        // Mounted only for a sidecar in local mode, which refreshes by itself.
+        if let Some(file) = datasource.operator_only_secret()
+            && let Ok(value) = self.read_secret(file)
+        {
+            file.path.hash(hasher);
+            value.expose().hash(hasher);
+            secrets.insert(file.path.clone(), value);
         }
 
         let mut operator_tokens = OperatorTokens::default();

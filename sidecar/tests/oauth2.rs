@@ -615,6 +615,9 @@ async fn in_a_cluster_the_mounted_access_token_is_sent_and_replaced_never_refres
     let upstream = Upstream::start(&pki).await;
     // Nothing listens at the token endpoint: the sidecar must not need it.
     let ws = authorization_code_workspace(&pki, &upstream.url(), "https://127.0.0.1:9/token", None);
+    // The webhook mounts neither the client secret nor the refresh token:
+    // only the operator uses them.
+    std::fs::remove_dir_all(ws.secrets_dir().join("payments-oauth")).expect("no client secret");
     let tokens = ws.secrets_dir().join("payments-sidekey-oauth");
     let mounted = |version: &str, token: &str, expires_at: &str| {
         kubelet_write(

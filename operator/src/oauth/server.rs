@@ -29,7 +29,6 @@ use kube::{Api, Client};
 use sidekey_crds::names::{OAUTH_AUTHORIZE_PATH, OAUTH_CALLBACK_PATH};
 use sidekey_crds::{ApiDatasource, SecretValue};
 use sidekey_oauth::endpoint::Grant;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{self, LIFETIME};
@@ -60,11 +59,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, StartupError> {
     let addr = settings.listen;
-    let listener = TcpListener::bind(addr)
+    let (listener, bound) = sidekey_plumbing::serve::bind(addr)
         .await
-        .map_err(|source| StartupError::OAuthListen { addr, source })?;
-    let bound = listener
-        .local_addr()
         .map_err(|source| StartupError::OAuthListen { addr, source })?;
     let endpoint = Arc::new(Endpoint { client, metrics });
     tokio::spawn(sidekey_plumbing::serve::serve(

@@ -163,7 +163,7 @@ pub fn inject(
         }
         match ds.resolve() {
             Ok(resolved) => {
-                for file in resolved.secret_files() {
+                for file in resolved.sidecar_secret_files() {
                     let entry = secret_keys
                         .entry(file.secret.clone())
                         .or_insert_with(|| (BTreeSet::new(), true));

@@ -109,16 +109,28 @@ impl Bed {
     /// Waits until the datasource's `Ready` condition has this status and
     /// reason, and returns the datasource as it is then.
     pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> ApiDatasource {
+        self.wait_condition(name, "Ready", status, reason).await
+    }
+
+    /// Waits until the datasource's condition `type_` has this status and
+    /// reason, and returns the datasource as it is then.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> ApiDatasource {
         let api = self.datasources();
         sidekey_tests::wait_for(
             &format!(
-                "ApiDatasource {}/{name} Ready={status} reason={reason}",
+                "ApiDatasource {}/{name} {type_}={status} reason={reason}",
                 self.ns
             ),
             WAIT,
             || async {
                 let ds = api.get_opt(name).await.ok().flatten()?;
-                let c = ready(&ds)?;
+                let c = condition(&ds, type_)?;
                 (c.status == status && c.reason == reason).then_some(ds)
             },
         )
@@ -172,11 +184,16 @@ impl Bed {
 
 /// The `Ready` condition of a datasource.
 pub fn ready(ds: &ApiDatasource) -> Option<Condition> {
+    condition(ds, "Ready")
+}
+
+/// The condition `type_` of a datasource.
+pub fn condition(ds: &ApiDatasource, type_: &str) -> Option<Condition> {
     ds.status
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == type_)
         .cloned()
 }
 

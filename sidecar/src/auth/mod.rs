@@ -162,13 +162,17 @@ pub fn from_config(setup: &Setup<'_>) -> Result<Arc<dyn Authenticate>, ConfigErr
             sources,
         )?),
         ResolvedAuthentication::BearerToken { token } => Arc::new(bearer::scheme(token, sources)?),
-        ResolvedAuthentication::OAuth2(settings) => {
-            let files = sources.datasource.oauth_token_files();
-            match files.map(|f| oauth2::Mounted::from_sources(settings, &f, sources)) {
-                Some(Ok(Some(mounted))) => Arc::new(mounted),
-                Some(Err(e)) => return Err(e),
-                _ => oauth2::OAuth2::start(settings, setup)?,
-            }
-        }
+        ResolvedAuthentication::OAuth2(settings) => match sources.datasource.oauth_token_files() {
+            // The authorization-code grant: in a cluster, the access token
+            // the operator mounts; in local mode, refreshing by itself.
+            Some(files) => match oauth2::Mounted::from_sources(settings, &files, sources)? {
+                Some(mounted) => Arc::new(mounted),
+                None if sources.operator_tokens.refresh_token.is_some() => {
+                    oauth2::OAuth2::start(settings, setup)?
+                }
+                None => Arc::new(oauth2::Awaiting::new(&files)),
+            },
+            None => oauth2::OAuth2::start(settings, setup)?,
+        },
     })
 }

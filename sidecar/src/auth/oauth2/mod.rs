@@ -25,7 +25,7 @@ use crate::error::{ConfigError, RequestError};
 use renewal::{ASK_RETRY_PAUSE, Ask, Outcome, Published, Renewal};
 use sidekey_oauth::TokenEndpoint;
 
-pub use mounted::Mounted;
+pub use mounted::{Awaiting, Mounted};
 pub use schedule::{renew_after, retry_delays};
 
 /// The credential a token becomes: a header with the configured prefix, or
@@ -58,9 +58,6 @@ pub struct OAuth2 {
     outcome: watch::Receiver<Outcome>,
     /// Asks to the task; dropping it (with `self`) stops the task.
     asks: watch::Sender<Ask>,
-    /// Why no token can be requested at all (an authorization-code grant
-    /// with no refresh token), known before the task first runs.
-    cannot_request: Option<String>,
 }
 
 impl OAuth2 {
@@ -70,11 +67,6 @@ impl OAuth2 {
         let sources = setup.sources;
         let client_secret = sources.secret_text(&settings.client_secret)?;
         let endpoint = TokenEndpoint::new(settings, client_secret, setup.tls, setup.token_timeout)?;
-        let token_secret = sources
-            .datasource
-            .oauth_token_files()
-            .map(|f| f.access_token.secret)
-            .unwrap_or_default();
         let token: Published = Arc::new(ArcSwapOption::empty());
         let (outcome_tx, outcome) = watch::channel(Outcome::default());
         let (asks, asked) = watch::channel(Ask::default());
@@ -88,18 +80,15 @@ impl OAuth2 {
             )),
             grant_type: settings.grant_type,
             refresh_token: sources.operator_tokens.refresh_token.clone(),
-            token_secret,
             token: token.clone(),
             outcome: outcome_tx,
             metrics: setup.metrics.clone(),
         };
-        let cannot_request = renewal.cannot_request();
         tokio::spawn(renewal.run(asked));
         Ok(Arc::new(Self {
             token,
             outcome,
             asks,
-            cannot_request,
         }))
     }
 
@@ -174,9 +163,6 @@ impl Authenticate for OAuth2 {
     fn readiness(&self) -> Result<(), String> {
         if self.usable().is_some() {
             return Ok(());
-        }
-        if let Some(reason) = &self.cannot_request {
-            return Err(reason.clone());
         }
         let failure = self
             .outcome

@@ -68,6 +68,42 @@ impl Mounted {
     }
 }
 
+/// The authorization-code grant before anyone authorized: no access token
+/// is mounted, and no refresh token either (local mode). Not ready, and
+/// says what to do.
+pub struct Awaiting {
+    reason: String,
+}
+
+impl Awaiting {
+    pub fn new(files: &OAuthTokenFiles) -> Self {
+        Self {
+            reason: format!(
+                "grantType AuthorizationCode has no token yet (Secret {:?} holds none): \
+                 authorize the datasource through the sidekey operator, at the link in \
+                 its status.authorizationUrl",
+                files.access_token.secret
+            ),
+        }
+    }
+}
+
+impl Authenticate for Awaiting {
+    fn current(&self) -> Option<Arc<Credential>> {
+        None
+    }
+
+    fn obtain(&self) -> BoxFuture<'_, Result<Arc<Credential>, RequestError>> {
+        Box::pin(std::future::ready(Err(RequestError::TokenUnavailable {
+            reason: self.reason.clone(),
+        })))
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        Err(self.reason.clone())
+    }
+}
+
 /// A token file's value as text, without the line end an editor may add.
 fn text<'a>(value: &'a SecretValue, file: &SecretFile) -> Result<&'a str, ConfigError> {
     value

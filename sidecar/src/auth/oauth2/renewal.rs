@@ -84,8 +84,6 @@ pub struct Renewal {
     /// For the authorization-code grant: the operator's refresh token, or a
     /// newer one the server rotated to. Only this task holds it.
     pub refresh_token: Option<SecretValue>,
-    /// The operator's token Secret, for messages.
-    pub token_secret: String,
     pub token: Published,
     pub outcome: watch::Sender<Outcome>,
     pub metrics: Metrics,
@@ -166,12 +164,11 @@ impl Renewal {
     }
 
     async fn fetch(&mut self) -> Result<(), String> {
-        if let Some(reason) = self.cannot_request() {
-            return Err(reason);
-        }
-        let grant = match &self.refresh_token {
-            Some(t) if self.grant_type == GrantType::AuthorizationCode => Grant::RefreshToken(t),
-            _ => Grant::ClientCredentials,
+        let grant = match (self.grant_type, &self.refresh_token) {
+            (GrantType::AuthorizationCode, Some(t)) => Grant::RefreshToken(t),
+            // The scheme is built only with a refresh token (see `auth`).
+            (GrantType::AuthorizationCode, None) => return Err("no refresh token".into()),
+            (GrantType::ClientCredentials, _) => Grant::ClientCredentials,
         };
         self.metrics.token_fetches.inc();
         let sent_at = Instant::now();
@@ -195,20 +192,6 @@ impl Renewal {
                     "token request failed"
                 );
             })
-    }
-
-    /// Why no token can be requested at all, if so.
-    pub fn cannot_request(&self) -> Option<String> {
-        let missing =
-            self.grant_type == GrantType::AuthorizationCode && self.refresh_token.is_none();
-        missing.then(|| {
-            format!(
-                "grantType AuthorizationCode has no token yet (Secret {:?} holds none): \
-                 authorize the datasource through the sidekey operator, at the link in \
-                 its status.authorizationUrl",
-                self.token_secret
-            )
-        })
     }
 
     fn store(&mut self, issued: Issued, sent_at: Instant) -> Result<(), String> {
@@ -253,7 +236,7 @@ impl Renewal {
     /// How long to wait before the next scheduled token request;
     /// `retrying`: the delays after failures, while the last one failed.
     fn next_delay(&self, retrying: Option<&mut ExponentialBackoff>) -> Duration {
-        if self.cannot_request().is_some() {
+        if self.grant_type == GrantType::AuthorizationCode && self.refresh_token.is_none() {
             return IDLE;
         }
         if let Some(delays) = retrying {
