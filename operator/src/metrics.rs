@@ -66,9 +66,12 @@ pub struct Metrics {
     /// Refreshes of authorization-code tokens, by result: `success`,
     /// `refused` (a person must authorize again) or `failed` (retried).
     pub oauth_refreshes: Family<ResultLabel, Counter>,
-    /// When each datasource's access token expires (Unix seconds):
-    /// `... - time()` is the time left.
+    /// Seconds until each datasource's access token expires, as of the
+    /// scrape (computed from `oauth_expires_at` when encoding).
     pub oauth_expiry: Family<DatasourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    oauth_expires_at: Arc<
+        std::sync::Mutex<std::collections::HashMap<DatasourceLabel, k8s_openapi::jiff::Timestamp>>,
+    >,
     /// Pages the authorization endpoint served, by route and status code.
     pub oauth_pages: Family<PageLabel, Counter>,
     registry: Arc<Registry>,
@@ -125,8 +128,8 @@ impl Default for Metrics {
         );
         let oauth_expiry = Family::default();
         registry.register(
-            "oauth_access_token_expiry_timestamp_seconds",
-            "When each authorization-code datasource's access token expires (Unix time)",
+            "oauth_access_token_expires_in_seconds",
+            "Seconds until each authorization-code datasource's access token expires",
             oauth_expiry.clone(),
         );
         let oauth_pages = Family::<PageLabel, Counter>::default();
@@ -144,6 +147,7 @@ impl Default for Metrics {
             admission_duration,
             oauth_refreshes,
             oauth_expiry,
+            oauth_expires_at: Arc::default(),
             oauth_pages,
             registry: Arc::new(registry),
         }
@@ -200,13 +204,16 @@ impl Metrics {
             namespace: namespace.to_owned(),
             datasource: datasource.to_owned(),
         };
+        let mut known = self
+            .oauth_expires_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match expires_at {
             Some(t) => {
-                self.oauth_expiry
-                    .get_or_create(&label)
-                    .set(t.as_millisecond() as f64 / 1000.0);
+                known.insert(label, t);
             }
             None => {
+                known.remove(&label);
                 self.oauth_expiry.remove(&label);
             }
         }
@@ -223,6 +230,16 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for (label, expires_at) in self
+            .oauth_expires_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let left = expires_at.duration_since(now).as_secs_f64().max(0.0);
+            self.oauth_expiry.get_or_create(label).set(left);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -431,7 +431,26 @@ async fn a_person_authorizes_once_and_the_operator_alone_keeps_two_sidecars_supp
         let logs = pod.sidecar.logs();
         assert!(!logs.contains("access token obtained"), "{logs}");
     }
-    drop(handed_over);
+    // The new leader's metrics: refreshes by result, the time left.
+    let leader = handed_over.expect("a second replica took over");
+    let (_, metrics) = support::http_get(leader.admin_addr().await, "/metrics")
+        .await
+        .expect("metrics");
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert!(
+        sample("sidekey_operator_oauth_refreshes_total{result=\"success\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    let left = sample("sidekey_operator_oauth_access_token_expires_in_seconds{")
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(left > 0.0 && left <= 10.0, "{left}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +461,32 @@ async fn every_failed_authorization_shows_a_page_a_condition_and_an_event() {
     setup
         .wait_authorized("False", "AwaitingAuthorization")
         .await;
-    let first = setup.wait_link(None).await;
+    let stale = setup.wait_link(None).await;
+
+    // A link past its 15 minutes: refused, and replaced by a fresh one.
+    setup
+        .bed
+        .secrets()
+        .patch(
+            &names::oauth_token_secret_name(DATASOURCE),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "stringData": { "authorization-link-expires-at": "2020-01-01T00:00:00Z" }
+            })),
+        )
+        .await
+        .expect("expiring the link");
+    let visit = Browser::new(setup.server.ca_pem()).get(&stale).await;
+    assert_eq!(visit.status, 410, "{visit:?}");
+    assert!(visit.body.contains("expired"), "{}", visit.body);
+    setup
+        .wait_authorized("False", "AuthorizationLinkExpired")
+        .await;
+    setup
+        .bed
+        .wait_event(DATASOURCE, "AuthorizationLinkExpired")
+        .await;
+    let first = setup.wait_link(Some(&stale)).await;
 
     // The person cancels at the provider: access_denied.
     let visit = Browser::new(setup.server.ca_pem()).cancel(&first).await;
@@ -457,10 +501,6 @@ async fn every_failed_authorization_shows_a_page_a_condition_and_an_event() {
     assert!(visit.body.contains("already used"), "{}", visit.body);
     setup
         .wait_authorized("False", "AuthorizationLinkExpired")
-        .await;
-    setup
-        .bed
-        .wait_event(DATASOURCE, "AuthorizationLinkExpired")
         .await;
 
     // A callback whose state was tampered with: refused, and the real

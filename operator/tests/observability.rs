@@ -13,33 +13,15 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use support::{Bed, OperatorOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How long a quiet operator is watched for reconciles nothing asked for.
 const SETTLE: Duration = Duration::from_secs(3);
 
 /// A plain HTTP/1.0 GET on loopback: (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr)
+    support::http_get(addr, path)
         .await
-        .expect("connecting to admin port");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .expect("sending request");
-    let mut raw = String::new();
-    stream
-        .read_to_string(&mut raw)
-        .await
-        .expect("reading response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_owned())
+        .expect("an answer from the admin port")
 }
 
 #[tokio::test]
@@ -60,16 +42,20 @@ async fn admin_port_serves_health_readiness_and_reconcile_metrics() {
     assert_eq!(get(addr, "/healthz").await.0, 200);
     assert_eq!(get(addr, "/readyz").await.0, 200);
     assert_eq!(get(addr, "/nothing-here").await.0, 404);
-    let (code, metrics) = get(addr, "/metrics").await;
-    assert_eq!(code, 200);
-    for expected in [
+    let expected = [
         "sidekey_operator_reconciles_total{reason=\"Reconciled\"}",
         "sidekey_operator_reconciles_total{reason=\"SecretNotFound\"}",
         "sidekey_operator_reconcile_duration_seconds_count",
         "sidekey_operator_leader 1",
-    ] {
-        assert!(metrics.contains(expected), "no {expected} in\n{metrics}");
-    }
+    ];
+    // A reconcile is counted once it ends, just after its status write
+    // (and Event) that `wait_ready` saw: wait for the count too.
+    let metrics = sidekey_tests::wait_for("the reconciles counted", support::WAIT, || async {
+        let (code, metrics) = get(addr, "/metrics").await;
+        (code == 200 && expected.iter().all(|e| metrics.contains(e))).then_some(metrics)
+    })
+    .await;
+    assert!(metrics.contains("# TYPE sidekey_operator_reconciles counter"));
 }
 
 /// The sum of every sample of metric `name` (all label sets) in a

@@ -39,10 +39,11 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sidekey_crds::names;
 use support::{
-    Bed, Operator, OperatorOptions, Sidecar, WAIT, ca_bundle, free_port, free_ports, sidecar_binary,
+    Bed, Operator, OperatorOptions, Sidecar, WAIT, ca_bundle, free_port, free_ports, http_get,
+    sidecar_binary,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 
 /// The image the operator is told to inject.
 const IMAGE: &str = "sidekey-sidecar:test";
@@ -1165,21 +1166,6 @@ fn upstream_pki() -> (String, Arc<rustls::ServerConfig>) {
         .expect("server configuration");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (ca.pem(), Arc::new(config))
-}
-
-/// A plain HTTP/1.0 GET on loopback: (status, body), or None when nothing
-/// listens yet.
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
 }
 
 /// What an app does: a GET to `url`, with a header of its own and a forged
