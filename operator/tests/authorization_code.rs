@@ -575,3 +575,100 @@ async fn every_failed_authorization_shows_a_page_a_condition_and_an_event() {
         assert!(!shown.contains(secret), "a secret leaked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_is_down_is_retried_while_the_access_token_serves() {
+    let setup = Setup::new("authdown", 300).await;
+    setup.create_datasource("http://127.0.0.1:9").await;
+    let operator = setup.operator("operator-a", setup.oauth_port);
+    let link = setup.wait_link(None).await;
+    let visit = Browser::new(setup.server.ca_pem()).authorize(&link).await;
+    assert_eq!(visit.status, 200, "{visit:?}\n{}", operator.logs());
+    setup.wait_authorized("True", "Authorized").await;
+    let before = setup.token_secret().await.data.unwrap_or_default();
+
+    // The token endpoint stops answering (nothing listens at the new
+    // address) just as a refresh falls due.
+    setup
+        .bed
+        .datasources()
+        .patch(
+            DATASOURCE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "spec": { "authentication": { "oauth2": {
+                    "accessTokenUrl": format!("https://127.0.0.1:{}/token", free_port())
+                } } }
+            })),
+        )
+        .await
+        .expect("moving the token endpoint away");
+    setup
+        .bed
+        .secrets()
+        .patch(
+            &names::oauth_token_secret_name(DATASOURCE),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "stringData": { "refresh-at": "2020-01-01T00:00:00Z" }
+            })),
+        )
+        .await
+        .expect("making the refresh due");
+    // Retried, counted, and the datasource stays authorized with the
+    // tokens it has.
+    let admin = operator.admin_addr().await;
+    sidekey_tests::wait_for("two failed refreshes", WAIT, || async {
+        let (_, metrics) = support::http_get(admin, "/metrics").await?;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("sidekey_operator_oauth_refreshes_total{result=\"failed\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|n| *n >= 2.0)
+    })
+    .await;
+    let ds = setup.wait_authorized("True", "Authorized").await;
+    assert_eq!(ds.status.and_then(|s| s.authorization_url), None);
+    let after = setup.token_secret().await.data.unwrap_or_default();
+    assert_eq!(
+        before.get(names::REFRESH_TOKEN_KEY),
+        after.get(names::REFRESH_TOKEN_KEY)
+    );
+    assert!(
+        operator.logs().contains("TokenEndpointUnavailable")
+            || operator.logs().contains("refreshing the access token"),
+        "{}",
+        operator.logs()
+    );
+
+    // Back: the next retry refreshes.
+    setup
+        .bed
+        .datasources()
+        .patch(
+            DATASOURCE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "spec": { "authentication": { "oauth2": {
+                    "accessTokenUrl": setup.server.token_url()
+                } } }
+            })),
+        )
+        .await
+        .expect("the token endpoint back");
+    let secrets = setup.bed.secrets();
+    sidekey_tests::wait_for("a refresh after the outage", WAIT, || async {
+        let data = secrets
+            .get(&names::oauth_token_secret_name(DATASOURCE))
+            .await
+            .ok()?
+            .data?;
+        (data.get(names::REFRESH_TOKEN_KEY) != before.get(names::REFRESH_TOKEN_KEY)).then_some(())
+    })
+    .await;
+    assert!(
+        setup.server.errors().is_empty(),
+        "{:?}",
+        setup.server.errors()
+    );
+}
