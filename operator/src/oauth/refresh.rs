@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Api, Client, ResourceExt};
-use sidekey_crds::{ApiDatasource, ResolvedDatasource, ResolvedOAuth2, SecretValue};
+use sidekey_crds::{ApiDatasource, ResolvedDatasource, ResolvedOAuth2};
 use sidekey_oauth::endpoint::{Grant, Issued};
 
 use super::link::{self, LIFETIME};
@@ -69,17 +69,14 @@ pub async fn reconcile(
     let now = Timestamp::now();
     let mut tokens = stored.tokens.clone();
 
-    if tokens.refresh_token.is_some() && tokens.refresh_at.is_none_or(|at| at <= now) {
+    let due = tokens.refresh_at.is_none_or(|at| at <= now);
+    if let Some(refresh_token) = tokens.refresh_token.clone().filter(|_| due) {
         let endpoint = token_endpoint(&secrets, resolved, settings)
             .await
             .map_err(|reason| ReconcileError::TokenEndpoint {
                 datasource: format!("{namespace}/{name}"),
                 reason,
             })?;
-        let refresh_token = tokens
-            .refresh_token
-            .clone()
-            .unwrap_or_else(|| SecretValue::new(""));
         match endpoint.request(Grant::RefreshToken(&refresh_token)).await {
             Ok(issued) => {
                 metrics.oauth_refreshed("success");
@@ -246,6 +243,7 @@ fn nonce_of(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sidekey_crds::SecretValue;
 
     #[test]
     fn a_refresh_is_due_at_half_the_lifetime_and_keeps_an_unrotated_refresh_token() {

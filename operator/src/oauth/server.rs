@@ -186,6 +186,7 @@ impl Endpoint {
             .strip_prefix(OAUTH_AUTHORIZE_PATH)
             .and_then(|r| r.strip_prefix('/'))
             && let Some((namespace, name)) = rest.split_once('/')
+            && !name.contains('/')
         {
             self.authorize(namespace, name, param(&params, "nonce").unwrap_or(""))
                 .await
