@@ -23,6 +23,7 @@ use crate::names;
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url","description":"Root URL of the upstream API"}"#,
     printcolumn = r#"{"name":"Auth","type":"string","jsonPath":".spec.authentication.type","description":"Authentication type"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the sidecar configuration is written"}"#,
+    printcolumn = r#"{"name":"Authorized","type":"string","jsonPath":".status.conditions[?(@.type==\"Authorized\")].status","description":"grantType AuthorizationCode: whether the operator holds a refresh token","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
