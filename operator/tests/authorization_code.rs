@@ -521,18 +521,39 @@ async fn every_failed_authorization_shows_a_page_a_condition_and_an_event() {
     assert_eq!(visit.status, 400, "{visit:?}");
     setup.wait_authorized("False", "InvalidState").await;
     setup.bed.wait_event(DATASOURCE, "InvalidState").await;
+    // The right state with a code the provider never issued: the
+    // exchange fails, and that authorization is over.
+    let code = stopped.query_param("code").expect("code");
+    let bogus = real.replace(&format!("code={code}"), "code=not-a-code");
+    assert_ne!(bogus, real);
+    let visit = browser.get(&bogus).await;
+    assert_eq!(visit.status, 502, "{visit:?}");
+    assert!(
+        visit.body.contains("could not be exchanged"),
+        "{}",
+        visit.body
+    );
+    setup.wait_authorized("False", "CodeExchangeFailed").await;
+    setup.bed.wait_event(DATASOURCE, "CodeExchangeFailed").await;
     let visit = browser.get(&real).await;
+    assert_eq!(visit.status, 400, "used state: {visit:?}");
+
+    // A fresh link, followed to the end, authorizes.
+    let link = setup.wait_link(Some(&link)).await;
+    let visit = Browser::new(setup.server.ca_pem()).authorize(&link).await;
     assert_eq!(visit.status, 200, "{visit:?}\n{}", operator.logs());
     setup.wait_authorized("True", "Authorized").await;
 
     // The provider revokes the grant: the next refresh is refused, and a
     // person must authorize again at a fresh link.
-    let secret = setup.token_secret().await;
-    let refresh_token = secret
-        .data
-        .and_then(|mut d| d.remove(names::REFRESH_TOKEN_KEY))
-        .map(|v| String::from_utf8(v.0).expect("text"))
-        .expect("a refresh token");
+    let mut data = setup.token_secret().await.data.unwrap_or_default();
+    let mut take = |key: &str| {
+        data.remove(key)
+            .map(|v| String::from_utf8(v.0).expect("text"))
+            .expect(key)
+    };
+    let refresh_token = take(names::REFRESH_TOKEN_KEY);
+    let access_token = take(names::ACCESS_TOKEN_KEY);
     setup
         .server
         .revoke(&refresh_token, CLIENT, CLIENT_SECRET)
@@ -571,7 +592,7 @@ async fn every_failed_authorization_shows_a_page_a_condition_and_an_event() {
         setup.bed.events_about(DATASOURCE).await,
         operator.logs()
     );
-    for secret in [refresh_token.as_str(), CLIENT_SECRET] {
+    for secret in [refresh_token.as_str(), access_token.as_str(), CLIENT_SECRET] {
         assert!(!shown.contains(secret), "a secret leaked");
     }
 }
