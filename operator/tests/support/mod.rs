@@ -484,13 +484,35 @@ async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>, out: Arc
     }
 }
 
-/// `n` distinct ports of 127.0.0.1, free right now: the kernel's picks,
-/// held until all are chosen. Another process could take one before the
-/// caller binds it, which is unlikely.
+/// `n` distinct ports of 127.0.0.1, free right now, held until all are
+/// chosen. They come from below the kernel's ephemeral range (32768 and
+/// up on Linux): a port the kernel picked would be free again the moment
+/// it is released, for the next outgoing connection to take before the
+/// caller binds it (a webhook that then cannot listen). Another test
+/// process could still take one, which is unlikely.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
-        .collect();
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    // Where this process starts looking: apart from other test processes.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(SPAN)) as u16 + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..SPAN {
+        if listeners.len() == n {
+            break;
+        }
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", FIRST + offset)) {
+            listeners.push(l);
+        }
+    }
+    assert_eq!(listeners.len(), n, "no free ports of 127.0.0.1 below 32000");
     listeners
         .iter()
         .map(|l| l.local_addr().expect("local address").port())
