@@ -122,6 +122,37 @@ impl Setup {
         .await
     }
 
+    /// Sets a time in the token Secret (`refresh-at`, the link's expiry)
+    /// to the past: what the operator would see minutes later.
+    async fn backdate(&self, key: &str) {
+        self.bed
+            .secrets()
+            .patch(
+                &names::oauth_token_secret_name(DATASOURCE),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({
+                    "stringData": { key: "2020-01-01T00:00:00Z" }
+                })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("backdating {key}: {e}"));
+    }
+
+    /// Points the datasource at another token endpoint.
+    async fn move_token_endpoint(&self, url: String) {
+        self.bed
+            .datasources()
+            .patch(
+                DATASOURCE,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({
+                    "spec": { "authentication": { "oauth2": { "accessTokenUrl": url } } }
+                })),
+            )
+            .await
+            .expect("moving the token endpoint");
+    }
+
     /// The token Secret's data, as the operator wrote it.
     async fn token_secret(&self) -> Secret {
         self.bed
@@ -464,18 +495,7 @@ async fn every_failed_authorization_shows_a_page_a_condition_and_an_event() {
     let stale = setup.wait_link(None).await;
 
     // A link past its 15 minutes: refused, and replaced by a fresh one.
-    setup
-        .bed
-        .secrets()
-        .patch(
-            &names::oauth_token_secret_name(DATASOURCE),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "stringData": { "authorization-link-expires-at": "2020-01-01T00:00:00Z" }
-            })),
-        )
-        .await
-        .expect("expiring the link");
+    setup.backdate("authorization-link-expires-at").await;
     let visit = Browser::new(setup.server.ca_pem()).get(&stale).await;
     assert_eq!(visit.status, 410, "{visit:?}");
     assert!(visit.body.contains("expired"), "{}", visit.body);
@@ -559,18 +579,7 @@ async fn every_failed_authorization_shows_a_page_a_condition_and_an_event() {
         .revoke(&refresh_token, CLIENT, CLIENT_SECRET)
         .await;
     // Make the refresh due now rather than in 150 s.
-    setup
-        .bed
-        .secrets()
-        .patch(
-            &names::oauth_token_secret_name(DATASOURCE),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "stringData": { "refresh-at": "2020-01-01T00:00:00Z" }
-            })),
-        )
-        .await
-        .expect("making the refresh due");
+    setup.backdate("refresh-at").await;
     let ds = setup.wait_authorized("False", "RefreshFailed").await;
     let event = setup.bed.wait_event(DATASOURCE, "RefreshFailed").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
@@ -611,31 +620,9 @@ async fn a_provider_that_is_down_is_retried_while_the_access_token_serves() {
     // The token endpoint stops answering (nothing listens at the new
     // address) just as a refresh falls due.
     setup
-        .bed
-        .datasources()
-        .patch(
-            DATASOURCE,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "spec": { "authentication": { "oauth2": {
-                    "accessTokenUrl": format!("https://127.0.0.1:{}/token", free_port())
-                } } }
-            })),
-        )
-        .await
-        .expect("moving the token endpoint away");
-    setup
-        .bed
-        .secrets()
-        .patch(
-            &names::oauth_token_secret_name(DATASOURCE),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "stringData": { "refresh-at": "2020-01-01T00:00:00Z" }
-            })),
-        )
-        .await
-        .expect("making the refresh due");
+        .move_token_endpoint(format!("https://127.0.0.1:{}/token", free_port()))
+        .await;
+    setup.backdate("refresh-at").await;
     // Retried, counted, and the datasource stays authorized with the
     // tokens it has.
     let admin = operator.admin_addr().await;
@@ -663,20 +650,7 @@ async fn a_provider_that_is_down_is_retried_while_the_access_token_serves() {
     );
 
     // Back: the next retry refreshes.
-    setup
-        .bed
-        .datasources()
-        .patch(
-            DATASOURCE,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "spec": { "authentication": { "oauth2": {
-                    "accessTokenUrl": setup.server.token_url()
-                } } }
-            })),
-        )
-        .await
-        .expect("the token endpoint back");
+    setup.move_token_endpoint(setup.server.token_url()).await;
     let secrets = setup.bed.secrets();
     sidekey_tests::wait_for("a refresh after the outage", WAIT, || async {
         let data = secrets
