@@ -27,6 +27,7 @@ use sidekey_tests::kubelet::SecretVolume;
 use sidekey_tests::oauth_server::{self, OAuthServer};
 use support::{Bed, Operator, OperatorOptions, Sidecar, WAIT, free_port, free_ports};
 use tokio::net::TcpListener;
+use tokio_util::task::AbortOnDropHandle;
 
 const CLIENT: &str = "crm-app";
 const CLIENT_SECRET: &str = "crm-app-secret-5e1";
@@ -178,13 +179,8 @@ struct Upstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
     refused: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops serving when dropped.
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Upstream {
@@ -254,7 +250,7 @@ impl Upstream {
             addr,
             seen,
             refused,
-            task,
+            _task: AbortOnDropHandle::new(task),
         }
     }
 

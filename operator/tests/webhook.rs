@@ -44,6 +44,7 @@ use support::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The image the operator is told to inject.
 const IMAGE: &str = "sidekey-sidecar:test";
@@ -1067,13 +1068,8 @@ struct Seen {
 struct Upstream {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops serving when dropped.
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Upstream {
@@ -1108,7 +1104,7 @@ impl Upstream {
         Self {
             url: format!("{scheme}://127.0.0.1:{port}"),
             seen,
-            task,
+            _task: AbortOnDropHandle::new(task),
         }
     }
 

@@ -13,6 +13,7 @@ use common::*;
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::codegen::Service as _;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -79,13 +80,8 @@ struct GrpcUpstream {
     port: u16,
     reporter: HealthReporter,
     seen: Arc<Seen>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for GrpcUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops serving when dropped.
+    _task: AbortOnDropHandle<()>,
 }
 
 impl GrpcUpstream {
@@ -119,7 +115,7 @@ impl GrpcUpstream {
             port,
             reporter,
             seen,
-            task,
+            _task: AbortOnDropHandle::new(task),
         }
     }
 

@@ -22,6 +22,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::pki::Pki;
 
@@ -39,13 +40,8 @@ pub struct UpstreamState {
 pub struct Upstream {
     pub port: u16,
     pub state: Arc<UpstreamState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Stops serving when dropped.
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Upstream {
@@ -62,7 +58,11 @@ impl Upstream {
             }
         })
         .await;
-        Self { port, state, task }
+        Self {
+            port,
+            state,
+            _task: AbortOnDropHandle::new(task),
+        }
     }
 
     /// From now on, answers 401 to requests carrying `authorization`.
