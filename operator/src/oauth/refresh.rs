@@ -70,6 +70,7 @@ pub async fn reconcile(
     let mut tokens = stored.tokens.clone();
 
     let due = tokens.refresh_at.is_none_or(|at| at <= now);
+    let mut refreshed = false;
     if let Some(refresh_token) = tokens.refresh_token.clone().filter(|_| due) {
         let endpoint = token_endpoint(&secrets, resolved, settings)
             .await
@@ -81,6 +82,7 @@ pub async fn reconcile(
             Ok(issued) => {
                 metrics.oauth_refreshed("success");
                 store(&mut tokens, issued, settings, now);
+                refreshed = true;
                 tracing::info!(datasource = %format!("{namespace}/{name}"), "access token refreshed");
             }
             Err(e) if e.is_refused_grant() => {
@@ -160,10 +162,12 @@ pub async fn reconcile(
     };
 
     if tokens != stored.tokens {
-        stored
-            .save(&secrets, ds, &tokens)
-            .await
-            .map_err(ReconcileError::TokenSecret)?;
+        let saved = if refreshed {
+            stored.save_issued(&secrets, ds, &tokens).await
+        } else {
+            stored.save(&secrets, ds, &tokens).await
+        };
+        saved.map_err(ReconcileError::TokenSecret)?;
     }
     Ok(authorization)
 }

@@ -418,6 +418,7 @@ impl Endpoint {
                 )
             }
         };
+        let failure_recorded = failure.is_some();
         if let Some((reason, message)) = failure {
             tracing::warn!(datasource = %who, reason, "authorization failed");
             tokens.failure = Some(Failure {
@@ -427,9 +428,15 @@ impl Endpoint {
         } else {
             tracing::info!(datasource = %who, "authorized");
         }
-        match stored.save(&secrets, &ds, &tokens).await {
+        let saved = if failure_recorded {
+            stored.save(&secrets, &ds, &tokens).await
+        } else {
+            stored.save_issued(&secrets, &ds, &tokens).await
+        };
+        match saved {
             Ok(()) => page,
-            Err(SaveError::Conflict(_)) if page.status != StatusCode::OK => page,
+            // Someone else wrote first; the page still says what happened.
+            Err(SaveError::Conflict(_)) if failure_recorded => page,
             Err(e) => unavailable(&e),
         }
     }

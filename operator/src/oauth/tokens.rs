@@ -145,7 +145,51 @@ impl Stored {
     }
 }
 
+impl Stored {
+    /// Saves newly issued tokens, which must not be lost: the provider has
+    /// already spent the code or rotated the refresh token. When someone
+    /// else wrote the Secret meanwhile (a stray request recording a
+    /// failure, the leader renewing a link), the tokens go onto the Secret
+    /// as it is now, up to three times.
+    pub async fn save_issued(
+        &self,
+        api: &Api<Secret>,
+        ds: &ApiDatasource,
+        tokens: &Tokens,
+    ) -> Result<(), SaveError> {
+        let mut result = self.save(api, ds, tokens).await;
+        for _ in 0..3 {
+            let Err(SaveError::Conflict(name)) = &result else {
+                break;
+            };
+            let fresh = Self::load(api, &ds.metadata.name.clone().unwrap_or_default())
+                .await
+                .map_err(|source| SaveError::Kube {
+                    name: name.clone(),
+                    source,
+                })?;
+            let merged = fresh.tokens.clone().with_issued(tokens);
+            result = fresh.save(api, ds, &merged).await;
+        }
+        result
+    }
+}
+
 impl Tokens {
+    /// `self` with the issued tokens of `from` (access token, expiry,
+    /// refresh token, next refresh), and no authorization in progress or
+    /// failure left.
+    pub fn with_issued(mut self, from: &Tokens) -> Self {
+        self.access_token.clone_from(&from.access_token);
+        self.expires_at = from.expires_at;
+        self.refresh_token.clone_from(&from.refresh_token);
+        self.refresh_at = from.refresh_at;
+        self.link = None;
+        self.pending = None;
+        self.failure = None;
+        self
+    }
+
     fn from_data(mut data: BTreeMap<String, ByteString>) -> Self {
         let mut take = |key: &str| data.remove(key).map(|v| SecretValue::new(v.0));
         let text = |v: Option<SecretValue>| v.and_then(|v| v.expose_str().map(str::to_owned));
@@ -258,5 +302,31 @@ mod tests {
         );
         assert_eq!(Tokens::from_data(data), tokens);
         assert_eq!(Tokens::from_data(BTreeMap::new()), Tokens::default());
+    }
+
+    #[test]
+    fn issued_tokens_go_onto_a_secret_someone_else_changed() {
+        let t = |s: i64| Timestamp::from_second(s).expect("time");
+        let issued = Tokens {
+            access_token: Some(SecretValue::new("new-access")),
+            expires_at: Some(t(2_000)),
+            refresh_token: Some(SecretValue::new("rotated")),
+            refresh_at: Some(t(1_500)),
+            ..Default::default()
+        };
+        // Meanwhile a stray request recorded a failure, the leader a link.
+        let now = Tokens {
+            refresh_token: Some(SecretValue::new("spent")),
+            link: Some(Link {
+                nonce_sha256: "n".into(),
+                expires_at: t(1_900),
+            }),
+            failure: Some(Failure {
+                reason: "AuthorizationLinkExpired".into(),
+                message: "m".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(now.with_issued(&issued), issued);
     }
 }
