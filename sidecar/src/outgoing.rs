@@ -1,5 +1,6 @@
 //! Builds the upstream request from the app's: the datasource URL's path
-//! joined with the app's, the app's query followed by the datasource's
+//! joined with the app's (its dot segments removed first, so that it
+//! cannot climb above the URL's path), the app's query followed by the datasource's
 //! parameters, the app's headers less hop-by-hop ones and `Host`, and the
 //! datasource's default headers where the app sent none of that name.
 //! Everything per-datasource is computed once, in [`Target::new`].
@@ -8,6 +9,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri, Version, request};
 use sidekey_crds::ResolvedDatasource;
+use std::borrow::Cow;
 use url::form_urlencoded;
 
 use crate::error::{BoxError, ConfigError, RequestError};
@@ -74,13 +76,35 @@ impl Target {
         })
     }
 
-    /// The upstream request for the app's request head.
-    pub fn outgoing(&self, app: request::Parts) -> Outgoing {
+    /// The upstream request for the app's request head; refused when its
+    /// path hides a dot segment behind an encoded slash.
+    pub fn outgoing(&self, app: request::Parts) -> Result<Outgoing, RequestError> {
+        let refuse = |what: &'static str, reason: &'static str| RequestError::BadRequest {
+            what,
+            source: reason.into(),
+        };
+        // The upstream is the datasource's and nothing else: no tunnel to
+        // wherever the app names. Absolute-form is served, its scheme and
+        // authority ignored; authority-form, which only CONNECT may use,
+        // is refused.
+        if app.method == Method::CONNECT {
+            return Err(refuse(
+                "CONNECT is not served",
+                "the sidecar forwards requests to its datasource and opens no tunnels",
+            ));
+        }
         let app_path = app.uri.path();
+        if app_path.is_empty() {
+            return Err(refuse(
+                "the request target cannot be forwarded",
+                "authority-form is for CONNECT only",
+            ));
+        }
         let app_path = if app_path.starts_with('/') {
-            app_path
+            remove_dot_segments(app_path)
+                .map_err(|reason| refuse("the request path cannot be forwarded", reason))?
         } else {
-            "/"
+            Cow::Borrowed("/")
         };
         let mut path_and_query = String::with_capacity(
             self.base_path.len()
@@ -90,7 +114,7 @@ impl Target {
                 + 2,
         );
         path_and_query.push_str(&self.base_path);
-        path_and_query.push_str(app_path);
+        path_and_query.push_str(&app_path);
         let query_start = path_and_query.len();
         let queries = [app.uri.query().unwrap_or(""), &self.default_query];
         for q in queries.into_iter().filter(|q| !q.is_empty()) {
@@ -113,15 +137,102 @@ impl Target {
                 }
             }
         }
-        Outgoing {
+        Ok(Outgoing {
             method: app.method,
             scheme: self.scheme.clone(),
             authority: self.authority.clone(),
             path_and_query,
             query_start,
             headers,
+        })
+    }
+}
+
+/// What a path segment is once `%2e`/`%2E` are read as dots.
+#[derive(PartialEq)]
+enum Segment {
+    Dot,
+    DotDot,
+    Other,
+}
+
+fn segment(s: &str) -> Segment {
+    let mut rest = s.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return Segment::Other;
+        }
+        dots += 1;
+    }
+    match dots {
+        1 => Segment::Dot,
+        2 => Segment::DotDot,
+        _ => Segment::Other,
+    }
+}
+
+/// RFC 3986's remove_dot_segments on an absolute path, with `.`, `..` and
+/// their percent-encoded spellings (`%2e`, `%2E`, mixed) as dot segments,
+/// like Envoy's `normalize_path`; a `..` at the top is dropped. Nothing
+/// else is decoded: `%2F` stays in its segment, encoded. A segment that
+/// would hold a dot segment were its `%2F`, `%5C` or `\` read as a
+/// separator is refused: some servers decode those before resolving.
+fn remove_dot_segments(path: &str) -> Result<Cow<'_, str>, &'static str> {
+    let suspicious =
+        |b: &[u8]| b.contains(&b'.') || b.windows(3).any(|w| w.eq_ignore_ascii_case(b"%2e"));
+    if !suspicious(path.as_bytes()) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let pieces: Vec<&str> = path[1..].split('/').collect();
+    let last = pieces.len() - 1;
+    let mut kept: Vec<&str> = Vec::with_capacity(pieces.len());
+    for (i, piece) in pieces.into_iter().enumerate() {
+        match segment(piece) {
+            Segment::Dot => {}
+            Segment::DotDot => {
+                kept.pop();
+            }
+            Segment::Other => {
+                if hides_dot_segment(piece) {
+                    return Err("a dot segment behind an encoded slash or a backslash");
+                }
+                kept.push(piece);
+                continue;
+            }
+        }
+        // `/a/.` and `/a/b/..` end with a slash.
+        if i == last {
+            kept.push("");
         }
     }
+    let mut out = String::with_capacity(path.len());
+    for piece in kept {
+        out.push('/');
+        out.push_str(piece);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Whether `segment`, split at `%2F`, `%5C` and `\`, has a dot segment.
+fn hides_dot_segment(segment: &str) -> bool {
+    let normalised = segment
+        .replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace("%5C", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    normalised.contains('/')
+        && normalised
+            .split('/')
+            .any(|p| self::segment(p) != Segment::Other)
 }
 
 /// An upstream request being prepared; credentials and the signature are
@@ -215,6 +326,12 @@ mod tests {
         Target::new(&ds).expect("target")
     }
 
+    impl Target {
+        fn outgoing_ok(&self, app: request::Parts) -> Outgoing {
+            self.outgoing(app).expect("forwardable")
+        }
+    }
+
     fn parts(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
         let mut b = Request::builder().uri(uri);
         for (n, v) in headers {
@@ -226,16 +343,16 @@ mod tests {
     #[test]
     fn path_is_appended_to_the_url_path() {
         let t = target("https://h/v2", "");
-        let o = t.outgoing(parts("/charges/7?x=1", &[]));
+        let o = t.outgoing_ok(parts("/charges/7?x=1", &[]));
         assert_eq!(o.path_and_query(), "/v2/charges/7?x=1");
     }
 
     #[test]
     fn trailing_slash_of_the_url_is_not_doubled() {
         let t = target("https://h/v2/", "");
-        assert_eq!(t.outgoing(parts("/a", &[])).path_and_query(), "/v2/a");
+        assert_eq!(t.outgoing_ok(parts("/a", &[])).path_and_query(), "/v2/a");
         let root = target("https://h", "");
-        assert_eq!(root.outgoing(parts("/a", &[])).path_and_query(), "/a");
+        assert_eq!(root.outgoing_ok(parts("/a", &[])).path_and_query(), "/a");
     }
 
     #[test]
@@ -244,19 +361,19 @@ mod tests {
             "https://h/v2?fixed=1",
             "  queryParameters: [ {name: region, value: eu west} ]\n",
         );
-        let o = t.outgoing(parts("/a?x=1", &[]));
+        let o = t.outgoing_ok(parts("/a?x=1", &[]));
         assert_eq!(o.path_and_query(), "/v2/a?x=1&fixed=1&region=eu+west");
-        let o = t.outgoing(parts("/a", &[]));
+        let o = t.outgoing_ok(parts("/a", &[]));
         assert_eq!(o.path_and_query(), "/v2/a?fixed=1&region=eu+west");
     }
 
     #[test]
     fn query_credential_replaces_the_apps_parameter_of_that_name() {
         let t = target("https://h", "");
-        let mut o = t.outgoing(parts("/a?api_key=mine&b=2&api%5Fkey=x", &[]));
+        let mut o = t.outgoing_ok(parts("/a?api_key=mine&b=2&api%5Fkey=x", &[]));
         o.set_query_param("api_key", "api_key=real");
         assert_eq!(o.path_and_query(), "/a?b=2&api_key=real");
-        let mut o = t.outgoing(parts("/a", &[]));
+        let mut o = t.outgoing_ok(parts("/a", &[]));
         o.set_query_param("k", "k=v");
         assert_eq!(o.path_and_query(), "/a?k=v");
     }
@@ -267,7 +384,7 @@ mod tests {
             "https://h",
             "  headers: [ {name: X-Tenant, value: acme}, {name: X-Env, value: prod}, {name: X-Env, value: eu} ]\n",
         );
-        let o = t.outgoing(parts(
+        let o = t.outgoing_ok(parts(
             "/",
             &[("x-tenant", "app"), ("host", "127.0.0.1:15000")],
         ));
@@ -280,10 +397,91 @@ mod tests {
     #[test]
     fn request_carries_the_upstream_uri() {
         let t = target("https://api.example:8443/v2", "");
-        let mut o = t.outgoing(parts("/a?b=1", &[]));
+        let mut o = t.outgoing_ok(parts("/a?b=1", &[]));
         let r = o
             .request(http_body_util::Either::Left(Default::default()), false)
             .expect("request");
         assert_eq!(r.uri(), "https://api.example:8443/v2/a?b=1");
+    }
+
+    #[test]
+    fn dot_segments_cannot_climb_above_the_url_path() {
+        let t = target("https://h/v2/", "");
+        let cases = [
+            ("/a/../../etc/passwd", "/v2/etc/passwd"),
+            ("/..", "/v2/"),
+            ("/../..//x", "/v2//x"),
+            ("/%2e%2e/x", "/v2/x"),
+            ("/%2E%2E/%2e./.%2E/x", "/v2/x"),
+            ("/a/./b/.", "/v2/a/b/"),
+            ("/a/%2e/b/%2E%2e", "/v2/a/"),
+            ("/a/b/..", "/v2/a/"),
+            ("/a//../b", "/v2/a/b"),
+            ("/a/...", "/v2/a/..."),
+            ("/a/..b/.c", "/v2/a/..b/.c"),
+            ("/a/%2e%2e%2e", "/v2/a/%2e%2e%2e"),
+            ("/file.json", "/v2/file.json"),
+            ("/", "/v2/"),
+            ("/x?q=../..", "/v2/x?q=../.."),
+        ];
+        for (app, sent) in cases {
+            assert_eq!(
+                t.outgoing_ok(parts(app, &[])).path_and_query(),
+                sent,
+                "{app}"
+            );
+        }
+        let root = target("https://h", "");
+        assert_eq!(root.outgoing_ok(parts("/../a", &[])).path_and_query(), "/a");
+    }
+
+    #[test]
+    fn encoded_slash_stays_encoded_inside_its_segment() {
+        let t = target("https://h/v2", "");
+        let o = t.outgoing_ok(parts("/projects/group%2Fproject/../x%2fy", &[]));
+        assert_eq!(o.path_and_query(), "/v2/projects/x%2fy");
+    }
+
+    #[test]
+    fn dot_segment_behind_an_encoded_slash_is_refused() {
+        let t = target("https://h/v2", "");
+        for app in [
+            "/a/%2E%2E%2Fb",
+            "/a/..%2f..%2fetc",
+            "/a/x%2F..",
+            "/a/%2e%2e%5cb",
+            "/a/.%2Fb",
+        ] {
+            let refused = t.outgoing(parts(app, &[])).err().expect(app);
+            assert_eq!(refused.status(), http::StatusCode::BAD_REQUEST, "{app}");
+        }
+    }
+
+    #[test]
+    fn connect_and_authority_form_are_refused_absolute_form_keeps_the_upstream() {
+        let t = target("https://api.example/v2", "");
+        let connect = Request::builder()
+            .method(Method::CONNECT)
+            .uri("evil.example:443")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let refused = t.outgoing(connect).err().expect("CONNECT refused");
+        assert_eq!(refused.status(), http::StatusCode::BAD_REQUEST);
+        let refused = t
+            .outgoing(parts("evil.example:443", &[]))
+            .err()
+            .expect("authority-form");
+        assert_eq!(refused.status(), http::StatusCode::BAD_REQUEST);
+        let mut o = t.outgoing_ok(parts(
+            "http://evil.example/x?y=1",
+            &[("host", "evil.example")],
+        ));
+        let r = o
+            .request(http_body_util::Either::Left(Default::default()), false)
+            .expect("request");
+        assert_eq!(r.uri(), "https://api.example/v2/x?y=1");
+        assert!(!r.headers().contains_key("host"));
     }
 }

@@ -81,7 +81,7 @@ async fn forward(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, RequestError> {
     let (parts, body) = request.into_parts();
-    let mut outgoing = snapshot.target.outgoing(parts);
+    let mut outgoing = snapshot.target.outgoing(parts)?;
     let auth = &snapshot.auth;
     let body = match body.size_hint().exact() {
         Some(len) if len <= RETRY_BODY_LIMIT && auth.renewable() => {
