@@ -32,22 +32,44 @@ fn oauth_workspace(
     ws
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom_parameters() {
+/// What a test against the real provider starts with.
+struct OAuthSetup {
+    pki: Pki,
+    upstream: Upstream,
+    server: OAuthServer,
+    ws: Workspace,
+    sidecar: sidecar::Sidecar,
+}
+
+/// The provider (tokens of `ttl` seconds), an upstream, and a sidecar for a
+/// datasource using `client`/`secret` with `extra` lines under `oauth2:`.
+async fn with_provider(ttl: u32, client: &str, secret: &str, extra: &str) -> OAuthSetup {
     let pki = Pki::new("test");
     let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 300).await;
+    let server = oauth::start(&pki, ttl).await;
     let ws = oauth_workspace(
         &pki,
         &upstream.url(),
         &server.token_url(),
-        BODY_CLIENT,
-        BODY_SECRET,
-        "      scopes: [ payments.read, payments.write ]\n      audience: https://payments.internal\n      resource: https://payments.test\n      customParameters: [ { name: tenant, value: acme } ]\n",
+        client,
+        secret,
+        extra,
     );
     let sidecar = sidecar::start(&ws);
+    OAuthSetup {
+        pki,
+        upstream,
+        server,
+        ws,
+        sidecar,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom_parameters() {
+    let t = with_provider(300, BODY_CLIENT, BODY_SECRET, "      scopes: [ payments.read, payments.write ]\n      audience: https://payments.internal\n      resource: https://payments.test\n      customParameters: [ { name: tenant, value: acme } ]\n").await;
     let echo = get_echo_with(
-        &sidecar,
+        &t.sidecar,
         "/charges",
         &[("authorization", "Bearer app-made-this-up")],
     )
@@ -63,7 +85,7 @@ async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom
         "https://payments.internal"
     );
     assert_eq!(claims["token_request"]["tenant"], "acme");
-    let grants = server.grants();
+    let grants = t.server.grants();
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(grants[0]["auth_method"], "client_secret_post");
     assert_eq!(grants[0]["scope"], "payments.read payments.write");
@@ -71,42 +93,32 @@ async fn client_credentials_in_the_body_send_scopes_audience_resource_and_custom
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_with_a_basic_header_form_urlencode_id_and_secret() {
-    let pki = Pki::new("test");
-    let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 300).await;
-    let ws = oauth_workspace(
-        &pki,
-        &upstream.url(),
-        &server.token_url(),
+    let t = with_provider(
+        300,
         BASIC_CLIENT,
         BASIC_SECRET,
         "      clientAuthentication: BasicHeader\n      scopes: [ payments.read ]\n",
-    );
-    let sidecar = sidecar::start(&ws);
-    let echo = get_echo(&sidecar, "/a").await;
+    )
+    .await;
+    let echo = get_echo(&t.sidecar, "/a").await;
     let claims = oauth::claims(header(&echo, "authorization").expect("authorization"));
     assert_eq!(claims["client_id"], BASIC_CLIENT);
     assert_eq!(claims["scope"], "payments.read");
-    assert_eq!(server.grants()[0]["auth_method"], "client_secret_basic");
+    assert_eq!(t.server.grants()[0]["auth_method"], "client_secret_basic");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_authenticating_the_wrong_way_gets_503_with_the_servers_answer() {
-    let pki = Pki::new("test");
-    let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 300).await;
     // Registered for client_secret_post, configured to use the Basic header.
-    let ws = oauth_workspace(
-        &pki,
-        &upstream.url(),
-        &server.token_url(),
+    let t = with_provider(
+        300,
         BODY_CLIENT,
         BODY_SECRET,
         "      clientAuthentication: BasicHeader\n",
-    );
-    let sidecar = sidecar::start(&ws);
+    )
+    .await;
     let response = client()
-        .get(sidecar.url("/a"))
+        .get(t.sidecar.url("/a"))
         .send()
         .await
         .expect("request");
@@ -118,25 +130,20 @@ async fn client_authenticating_the_wrong_way_gets_503_with_the_servers_answer() 
         reason.contains("invalid_client") && reason.contains("HTTP 401"),
         "{reason}"
     );
-    assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 0);
-    assert!(server.grants().is_empty());
+    assert_eq!(t.upstream.state.requests.load(Ordering::SeqCst), 0);
+    assert!(t.server.grants().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_goes_in_the_access_token_query_parameter_when_asked() {
-    let pki = Pki::new("test");
-    let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 300).await;
-    let ws = oauth_workspace(
-        &pki,
-        &upstream.url(),
-        &server.token_url(),
+    let t = with_provider(
+        300,
         BODY_CLIENT,
         BODY_SECRET,
         "      addTokenTo: QueryParameter\n",
-    );
-    let sidecar = sidecar::start(&ws);
-    let echo = get_echo(&sidecar, "/a?access_token=smuggled&x=1").await;
+    )
+    .await;
+    let echo = get_echo(&t.sidecar, "/a?access_token=smuggled&x=1").await;
     let query = echo["query"].as_str().expect("query");
     let token = query
         .strip_prefix("x=1&access_token=")
@@ -147,19 +154,8 @@ async fn token_goes_in_the_access_token_query_parameter_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_prefix_is_written_before_the_token() {
-    let pki = Pki::new("test");
-    let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 300).await;
-    let ws = oauth_workspace(
-        &pki,
-        &upstream.url(),
-        &server.token_url(),
-        BODY_CLIENT,
-        BODY_SECRET,
-        "      headerPrefix: OAuth\n",
-    );
-    let sidecar = sidecar::start(&ws);
-    let echo = get_echo(&sidecar, "/a").await;
+    let t = with_provider(300, BODY_CLIENT, BODY_SECRET, "      headerPrefix: OAuth\n").await;
+    let echo = get_echo(&t.sidecar, "/a").await;
     assert!(
         header(&echo, "authorization").is_some_and(|a| a.starts_with("OAuth ey")),
         "{echo}"
@@ -168,18 +164,8 @@ async fn header_prefix_is_written_before_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_request() {
-    let pki = Pki::new("test");
-    let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 3).await;
-    let ws = oauth_workspace(
-        &pki,
-        &upstream.url(),
-        &server.token_url(),
-        BODY_CLIENT,
-        BODY_SECRET,
-        "",
-    );
-    let sidecar = Arc::new(sidecar::start(&ws));
+    let t = with_provider(3, BODY_CLIENT, BODY_SECRET, "").await;
+    let sidecar = Arc::new(t.sidecar);
     let until = Instant::now() + Duration::from_secs(10);
     let mut workers = Vec::new();
     for _ in 0..4 {
@@ -215,8 +201,8 @@ async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_requ
     }
     assert!(total > 100, "only {total} requests in 10 s");
     // The upstream refuses expired tokens: none reached it.
-    assert_eq!(upstream.state.refused.load(Ordering::SeqCst), 0);
-    let tokens = upstream.state.authorizations.lock().expect("lock").len();
+    assert_eq!(t.upstream.state.refused.load(Ordering::SeqCst), 0);
+    let tokens = t.upstream.state.authorizations.lock().expect("lock").len();
     assert!(
         tokens >= 4,
         "only {tokens} distinct tokens in 10 s of 3 s tokens"
@@ -239,35 +225,24 @@ async fn short_lived_tokens_renew_under_continuous_traffic_without_a_failed_requ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_401_renews_the_token_once_and_retries_the_request() {
-    let pki = Pki::new("test");
-    let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 300).await;
-    let ws = oauth_workspace(
-        &pki,
-        &upstream.url(),
-        &server.token_url(),
-        BODY_CLIENT,
-        BODY_SECRET,
-        "",
-    );
-    let sidecar = sidecar::start(&ws);
-    let old = authorization_sent(&sidecar, "/a").await;
-    upstream.revoke(&old);
+    let t = with_provider(300, BODY_CLIENT, BODY_SECRET, "").await;
+    let old = authorization_sent(&t.sidecar, "/a").await;
+    t.upstream.revoke(&old);
 
     let response = client()
-        .post(sidecar.url("/charges"))
+        .post(t.sidecar.url("/charges"))
         .body("{\"amount\": 5}")
         .send()
         .await
         .expect("request");
-    assert_eq!(response.status(), 200, "{}", sidecar.logs());
+    assert_eq!(response.status(), 200, "{}", t.sidecar.logs());
     let echo: serde_json::Value = response.json().await.expect("echo");
     let new = header(&echo, "authorization").expect("authorization");
     assert_ne!(new, old);
     assert_eq!(echo["body_len"], 13, "the body was sent again");
-    assert_eq!(upstream.state.refused.load(Ordering::SeqCst), 1);
-    assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 3);
-    assert_eq!(server.grants().len(), 2);
+    assert_eq!(t.upstream.state.refused.load(Ordering::SeqCst), 1);
+    assert_eq!(t.upstream.state.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(t.server.grants().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,37 +444,26 @@ async fn a_token_expired_on_arrival_is_a_failure_that_waiting_requests_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_rebuilds_oauth2_keeps_the_old_token_serving_until_a_new_one_comes() {
-    let pki = Pki::new("test");
-    let upstream = Upstream::start(&pki).await;
-    let server = oauth::start(&pki, 300).await;
-    let ws = oauth_workspace(
-        &pki,
-        &upstream.url(),
-        &server.token_url(),
-        BODY_CLIENT,
-        BODY_SECRET,
-        "",
-    );
-    let sidecar = sidecar::start(&ws);
-    get_echo(&sidecar, "/before").await;
+    let t = with_provider(300, BODY_CLIENT, BODY_SECRET, "").await;
+    get_echo(&t.sidecar, "/before").await;
     // The token endpoint goes away; then the CA bundle changes (the same
     // CA twice), which rebuilds TLS and with it the OAuth 2.0 client.
-    drop(server);
-    ws.write_secret("ca", "ca.crt", &format!("{}{}", pki.ca_pem, pki.ca_pem));
+    drop(t.server);
+    t.ws.write_secret("ca", "ca.crt", &format!("{}{}", t.pki.ca_pem, t.pki.ca_pem));
     // Reloads are checked every 0.3 s: the change has been seen.
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The old token is valid for minutes: every request still gets through.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        get_echo(&sidecar, "/during").await;
+        get_echo(&t.sidecar, "/during").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        sidecar
+        t.sidecar
             .logs()
             .contains("the current token serves until the new one"),
         "{}",
-        sidecar.logs()
+        t.sidecar.logs()
     );
 }
 
