@@ -172,6 +172,7 @@ pub async fn reconcile(
                         &ds,
                         &valid.resolved,
                         settings,
+                        &valid.secrets,
                     )
                     .await?,
                 ),

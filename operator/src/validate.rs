@@ -18,7 +18,7 @@ use crate::error::{DatasourceError, ReconcileError};
 
 /// The referenced keys of the referenced Secrets, as read now: `None` for
 /// a Secret that does not exist. Keys nobody references are not kept.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FetchedSecrets {
     secrets: HashMap<String, Option<BTreeMap<String, SecretValue>>>,
 }
@@ -74,6 +74,9 @@ pub struct Validated {
     pub resolved: ResolvedDatasource,
     /// How many certificates the CA bundle holds, when one is referenced.
     pub ca_certificates: Option<usize>,
+    /// The referenced keys as read, for what the reconcile does next (a
+    /// token request needs the client secret and the CA bundle).
+    pub secrets: FetchedSecrets,
 }
 
 /// Resolves the datasource and reads its Secrets: `Ok` when it is valid,
@@ -85,14 +88,14 @@ pub async fn validate(
 ) -> Result<Validated, ReconcileError> {
     let resolved = ds.resolve().map_err(DatasourceError::from)?;
     let fetched = FetchedSecrets::fetch(secrets, &resolved.secret_uses()).await?;
-    Ok(check(resolved, &fetched)?)
+    Ok(check(resolved, fetched)?)
 }
 
 /// The checks on values, given the Secrets as read. Pure, so it is tested
 /// without a cluster.
 pub fn check(
     resolved: ResolvedDatasource,
-    fetched: &FetchedSecrets,
+    fetched: FetchedSecrets,
 ) -> Result<Validated, DatasourceError> {
     let namespace = resolved.namespace.clone().unwrap_or_default();
     let mut ca_certificates = None;
@@ -146,6 +149,7 @@ pub fn check(
     Ok(Validated {
         resolved,
         ca_certificates,
+        secrets: fetched,
     })
 }
 
@@ -225,7 +229,7 @@ spec:
     #[test]
     fn valid_datasource_reports_its_certificate_count() {
         let pem = ca_pem(2);
-        let v = check(resolved(SIGNED_BEARER), &fetched(KEY_32, pem.as_bytes())).expect("valid");
+        let v = check(resolved(SIGNED_BEARER), fetched(KEY_32, pem.as_bytes())).expect("valid");
         assert_eq!(v.ca_certificates, Some(2));
     }
 
@@ -234,7 +238,7 @@ spec:
         let pem = ca_pem(1);
         let mut f = fetched(KEY_32, pem.as_bytes());
         f.insert("token", None, &["token"]);
-        let err = check(resolved(SIGNED_BEARER), &f).expect_err("missing");
+        let err = check(resolved(SIGNED_BEARER), f).expect_err("missing");
         assert_eq!(err.reason(), "SecretNotFound");
         let msg = err.to_string();
         assert!(msg.contains("\"token\""), "{msg}");
@@ -246,7 +250,7 @@ spec:
         let pem = ca_pem(1);
         let mut f = fetched(KEY_32, pem.as_bytes());
         f.insert("token", Some(secret(&[("other", b"x")])), &["token"]);
-        let err = check(resolved(SIGNED_BEARER), &f).expect_err("no key");
+        let err = check(resolved(SIGNED_BEARER), f).expect_err("no key");
         assert_eq!(err.reason(), "SecretKeyNotFound");
         assert!(err.to_string().contains("no key \"token\""), "{err}");
     }
@@ -256,7 +260,7 @@ spec:
         let pem = ca_pem(1);
         let short = &KEY_32[..31];
         let err =
-            check(resolved(SIGNED_BEARER), &fetched(short, pem.as_bytes())).expect_err("short");
+            check(resolved(SIGNED_BEARER), fetched(short, pem.as_bytes())).expect_err("short");
         assert_eq!(err.reason(), "SignatureKeyTooShort");
         let msg = err.to_string();
         assert!(msg.contains("32"), "{msg}");
@@ -271,7 +275,7 @@ spec:
         let pem = ca_pem(1);
         let mut short = KEY_32[..31].to_vec();
         short.push(b'\n');
-        let err = check(resolved(SIGNED_BEARER), &fetched(&short, pem.as_bytes()))
+        let err = check(resolved(SIGNED_BEARER), fetched(&short, pem.as_bytes()))
             .expect_err("31 plus newline");
         assert_eq!(err.reason(), "SignatureKeyTooShort");
     }
@@ -279,14 +283,14 @@ spec:
     #[test]
     fn bundle_without_certificate_is_invalid() {
         let err =
-            check(resolved(SIGNED_BEARER), &fetched(KEY_32, b"not a pem")).expect_err("no cert");
+            check(resolved(SIGNED_BEARER), fetched(KEY_32, b"not a pem")).expect_err("no cert");
         assert_eq!(err.reason(), "InvalidCertificate");
     }
 
     #[test]
     fn certificate_block_that_is_not_x509_is_invalid() {
         let pem = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
-        let err = check(resolved(SIGNED_BEARER), &fetched(KEY_32, pem.as_bytes()))
+        let err = check(resolved(SIGNED_BEARER), fetched(KEY_32, pem.as_bytes()))
             .expect_err("garbage cert");
         assert_eq!(err.reason(), "InvalidCertificate");
         assert!(err.to_string().contains("certificate 1"), "{err}");

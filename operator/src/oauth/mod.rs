@@ -18,8 +18,6 @@ pub mod tokens;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use sidekey_crds::{ResolvedDatasource, ResolvedOAuth2};
 use sidekey_oauth::endpoint::TokenEndpoint;
 use url::Url;
@@ -66,14 +64,11 @@ pub fn authorization_code(resolved: &ResolvedDatasource) -> Option<&ResolvedOAut
 
 /// The token endpoint of a datasource, trusting its CA as the sidecar
 /// does, with the client secret as read.
-pub async fn token_endpoint(
-    secrets: &Api<Secret>,
+pub fn token_endpoint(
+    fetched: &FetchedSecrets,
     resolved: &ResolvedDatasource,
     settings: &ResolvedOAuth2,
 ) -> Result<TokenEndpoint, String> {
-    let fetched = FetchedSecrets::fetch(secrets, &resolved.secret_uses())
-        .await
-        .map_err(|e| sidekey_plumbing::chain::chain(&e))?;
     let missing = |what: &str| format!("the {what} cannot be read");
     let client_secret = fetched
         .value(&settings.client_secret)

@@ -16,6 +16,7 @@ use super::tokens::{Failure, Link, Stored, Tokens};
 use super::{Settings, token_endpoint};
 use crate::error::ReconcileError;
 use crate::metrics::Metrics;
+use crate::validate::FetchedSecrets;
 
 /// Reasons of the `Authorized` condition.
 pub const AUTHORIZED: &str = "Authorized";
@@ -48,6 +49,7 @@ pub async fn reconcile(
     ds: &ApiDatasource,
     resolved: &ResolvedDatasource,
     settings: &ResolvedOAuth2,
+    fetched: &FetchedSecrets,
 ) -> Result<Authorization, ReconcileError> {
     let name = ds.name_any();
     let namespace = ds.namespace().unwrap_or_default();
@@ -72,12 +74,12 @@ pub async fn reconcile(
     let due = tokens.refresh_at.is_none_or(|at| at <= now);
     let mut refreshed = false;
     if let Some(refresh_token) = tokens.refresh_token.clone().filter(|_| due) {
-        let endpoint = token_endpoint(&secrets, resolved, settings)
-            .await
-            .map_err(|reason| ReconcileError::TokenEndpoint {
+        let endpoint = token_endpoint(fetched, resolved, settings).map_err(|reason| {
+            ReconcileError::TokenEndpoint {
                 datasource: format!("{namespace}/{name}"),
                 reason,
-            })?;
+            }
+        })?;
         match endpoint.request(Grant::RefreshToken(&refresh_token)).await {
             Ok(issued) => {
                 metrics.oauth_refreshed("success");

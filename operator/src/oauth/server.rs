@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Api, Client};
 use sidekey_crds::names::{OAUTH_AUTHORIZE_PATH, OAUTH_CALLBACK_PATH};
-use sidekey_crds::{ApiDatasource, SecretValue};
+use sidekey_crds::{ApiDatasource, ResolvedOAuth2, SecretValue};
 use sidekey_oauth::endpoint::Grant;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,7 @@ use super::tokens::{Failure, Pending, SaveError, Stored};
 use super::{Settings, authorization_code, token_endpoint};
 use crate::error::StartupError;
 use crate::metrics::Metrics;
+use crate::validate::FetchedSecrets;
 
 /// Failure reasons the endpoint records (the `Authorized` condition's).
 pub const LINK_EXPIRED: &str = "AuthorizationLinkExpired";
@@ -204,13 +205,20 @@ impl Endpoint {
         page
     }
 
-    /// The datasource and its authorization-code settings, or the page
-    /// that says why there are none.
+    /// The datasource, resolved, and its authorization-code settings, or
+    /// the page that says why there are none.
     async fn datasource(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<(ApiDatasource, sidekey_crds::ResolvedDatasource), Page> {
+    ) -> Result<
+        (
+            ApiDatasource,
+            sidekey_crds::ResolvedDatasource,
+            ResolvedOAuth2,
+        ),
+        Page,
+    > {
         let api: Api<ApiDatasource> = Api::namespaced(self.client.clone(), namespace);
         let unknown = || {
             Page::new(
@@ -228,19 +236,14 @@ impl Endpoint {
             Err(e) => return Err(unavailable(&e)),
         };
         let resolved = ds.resolve().map_err(|_| unknown())?;
-        if authorization_code(&resolved).is_none() {
-            return Err(unknown());
-        }
-        Ok((ds, resolved))
+        let settings = authorization_code(&resolved).cloned().ok_or_else(unknown)?;
+        Ok((ds, resolved, settings))
     }
 
     async fn authorize(&self, namespace: &str, name: &str, nonce: &str) -> Page {
-        let (ds, resolved) = match self.datasource(namespace, name).await {
+        let (ds, _, settings) = match self.datasource(namespace, name).await {
             Ok(found) => found,
             Err(page) => return page,
-        };
-        let Some(settings) = authorization_code(&resolved) else {
-            return Page::new(StatusCode::NOT_FOUND, "Unknown datasource", "");
         };
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let stored = match Stored::load(&secrets, name).await {
@@ -268,7 +271,7 @@ impl Endpoint {
             return Page::new(StatusCode::GONE, "This link cannot be used", message);
         }
         let state = link::new_state(namespace, name);
-        let request = match sidekey_oauth::authorize::authorization_request(settings, &state) {
+        let request = match sidekey_oauth::authorize::authorization_request(&settings, &state) {
             Ok(request) => request,
             Err(e) => {
                 return Page::new(
@@ -318,12 +321,9 @@ impl Endpoint {
                 "This answer from the provider belongs to no authorization started here.",
             );
         };
-        let (ds, resolved) = match self.datasource(&namespace, &name).await {
+        let (ds, resolved, settings) = match self.datasource(&namespace, &name).await {
             Ok(found) => found,
             Err(page) => return page,
-        };
-        let Some(settings) = authorization_code(&resolved) else {
-            return Page::new(StatusCode::NOT_FOUND, "Unknown datasource", "");
         };
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let stored = match Stored::load(&secrets, &name).await {
@@ -379,11 +379,11 @@ impl Endpoint {
             }
             (Some(pending), None, Some(code)) => {
                 match self
-                    .exchange(&secrets, &resolved, settings, code, &pending.pkce_verifier)
+                    .exchange(&secrets, &resolved, &settings, code, &pending.pkce_verifier)
                     .await
                 {
                     Ok(issued) => {
-                        store(&mut tokens, issued, settings, now);
+                        store(&mut tokens, issued, &settings, now);
                         (
                             Page::new(
                                 StatusCode::OK,
@@ -449,7 +449,10 @@ impl Endpoint {
         code: &str,
         verifier: &SecretValue,
     ) -> Result<sidekey_oauth::endpoint::Issued, String> {
-        let endpoint = token_endpoint(secrets, resolved, settings).await?;
+        let fetched = FetchedSecrets::fetch(secrets, &resolved.secret_uses())
+            .await
+            .map_err(|e| sidekey_plumbing::chain::chain(&e))?;
+        let endpoint = token_endpoint(&fetched, resolved, settings)?;
         let verifier = verifier
             .expose_str()
             .ok_or("the stored PKCE verifier is not text")?;
