@@ -25,10 +25,6 @@ use crate::metrics::Metrics;
 /// An ask that comes within this long of a failed attempt is answered with
 /// that failure; the scheduled retries go on meanwhile.
 pub const ASK_RETRY_PAUSE: Duration = Duration::from_secs(1);
-/// How long the task sleeps when it cannot request a token at all (no
-/// refresh token yet): a reload replaces it when one comes.
-const IDLE: Duration = Duration::from_secs(24 * 3600);
-
 pub struct Token {
     pub credential: Arc<Credential>,
     pub expires_at: Instant,
@@ -236,9 +232,6 @@ impl Renewal {
     /// How long to wait before the next scheduled token request;
     /// `retrying`: the delays after failures, while the last one failed.
     fn next_delay(&self, retrying: Option<&mut ExponentialBackoff>) -> Duration {
-        if self.grant_type == GrantType::AuthorizationCode && self.refresh_token.is_none() {
-            return IDLE;
-        }
         if let Some(delays) = retrying {
             return delays.next().unwrap_or(schedule::MAX_RETRY_DELAY);
         }
