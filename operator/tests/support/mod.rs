@@ -297,16 +297,7 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
         .await
         .expect("creating ClusterRoleBinding");
 
-    // kube-controller-manager's token controller writes the token Secret.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    sidekey_tests::wait_for("the operator ServiceAccount's token", WAIT, || async {
-        let sa = sas.get(sa_name).await.ok()?;
-        let secret_name = sa.secrets?.first()?.name.clone()?;
-        let secret = secrets.get(&secret_name).await.ok()?;
-        let token = secret.data?.remove("token")?;
-        String::from_utf8(token.0).ok()
-    })
-    .await
+    sidekey_tests::service_account_token(client, ns, sa_name).await
 }
 
 fn typed<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
@@ -440,6 +431,11 @@ impl Operator {
     /// SIGKILL: the process stops without releasing anything.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("killing operator");
+    }
+
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the process to exit on its own.
