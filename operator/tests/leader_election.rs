@@ -300,14 +300,22 @@ async fn leader_whose_lease_is_taken_stops_reconciling_and_leads_again_once_it_i
             .then_some(())
     })
     .await;
-    assert!(leader.logs().contains("lost leadership"), "{}", leader.logs());
+    assert!(
+        leader.logs().contains("lost leadership"),
+        "{}",
+        leader.logs()
+    );
 
     // A standby now, in the same process: a new datasource waits.
     assert!(leader.is_running(), "{}", leader.logs());
     bed.create_datasource("metadata: { name: while-standing-by }\nspec: { url: 'https://h' }\n")
         .await;
     tokio::time::sleep(Duration::from_secs(2 * RETRY_PERIOD_SECONDS + 1)).await;
-    let ds = bed.datasources().get("while-standing-by").await.expect("get");
+    let ds = bed
+        .datasources()
+        .get("while-standing-by")
+        .await
+        .expect("get");
     assert!(
         support::ready(&ds).is_none(),
         "a standby reconciled: {:?}",
@@ -320,7 +328,8 @@ async fn leader_whose_lease_is_taken_stops_reconciling_and_leads_again_once_it_i
         .patch(lease, &PatchParams::default(), &Patch::Merge(&release))
         .await
         .expect("releasing the Lease");
-    bed.wait_ready("while-standing-by", "True", "Reconciled").await;
+    bed.wait_ready("while-standing-by", "True", "Reconciled")
+        .await;
     assert_eq!(holder(&bed, lease).await.as_deref(), Some("operator-a"));
     assert_eq!(leader.logs().matches("became leader").count(), 2);
     assert!(leader.is_running(), "{}", leader.logs());
@@ -386,27 +395,6 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
-/// The API server's address, from the operator's kubeconfig.
-fn api_server(bed: &Bed) -> (String, std::net::SocketAddr) {
-    let text = std::fs::read_to_string(&bed.kubeconfig).expect("kubeconfig");
-    let start = text.find("https://").expect("server URL") + "https://".len();
-    let end = start + text[start..].find('\'').expect("quoted server URL");
-    let server = text[start..end].parse().expect("server address");
-    (text, server)
-}
-
-/// The operator's kubeconfig with the API server replaced by `proxy`.
-fn kubeconfig_through(
-    bed: &Bed,
-    proxy: std::net::SocketAddr,
-    dir: &std::path::Path,
-) -> std::path::PathBuf {
-    let (text, server) = api_server(bed);
-    let path = dir.join("kubeconfig-proxied");
-    std::fs::write(&path, text.replace(&server.to_string(), &proxy.to_string())).expect("write");
-    path
-}
-
 async fn renew_time(bed: &Bed, lease: &str) -> Option<MicroTime> {
     leases(bed).get_opt(lease).await.ok()??.spec?.renew_time
 }
@@ -416,8 +404,8 @@ async fn the_leader_keeps_leading_through_a_five_second_api_server_pause() {
     let bed = Bed::new("op-le-pause").await;
     let lease = "le-pause";
     let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = PausableProxy::start(api_server(&bed).1).await;
-    let kubeconfig = kubeconfig_through(&bed, proxy.addr, dir.path());
+    let proxy = PausableProxy::start(bed.api_server()).await;
+    let kubeconfig = bed.kubeconfig_through(proxy.addr, dir.path());
     // The default timing: a 15 s lease.
     let leader = bed.start_operator(OperatorOptions {
         identity: "operator-a".into(),

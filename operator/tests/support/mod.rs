@@ -177,6 +177,24 @@ impl Bed {
         .await
     }
 
+    /// The API server's address, from the operator's kubeconfig.
+    pub fn api_server(&self) -> SocketAddr {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let start = text.find("https://").expect("server URL") + "https://".len();
+        let end = start + text[start..].find('\'').expect("quoted server URL");
+        text[start..end].parse().expect("server address")
+    }
+
+    /// The operator's kubeconfig with the API server replaced by `proxy`,
+    /// written into `dir`.
+    pub fn kubeconfig_through(&self, proxy: SocketAddr, dir: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let path = dir.join("kubeconfig-proxied");
+        let text = text.replace(&self.api_server().to_string(), &proxy.to_string());
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
     /// Starts the operator on this namespace, as its ServiceAccount.
     pub fn start_operator(&self, opts: OperatorOptions) -> Operator {
         Operator::start(self, opts)
