@@ -567,6 +567,15 @@ fn check_url(field: &'static str, value: &str) -> Result<(), SpecError> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("it has no host".into()));
     }
+    // WHATWG (the `url` crate) lets `"`, `{`, `|`, ... into a host name;
+    // RFC 3986, and so the sidecar's HTTP stack, does not.
+    if let Some(url::Host::Domain(host)) = url.host()
+        && !host.bytes().all(is_reg_name_byte)
+    {
+        return Err(invalid(format!(
+            "the host {host:?} holds a character a host name cannot (RFC 3986 reg-name)"
+        )));
+    }
     if url.fragment().is_some() {
         return Err(invalid("a fragment (#...) is never sent".into()));
     }
@@ -576,6 +585,11 @@ fn check_url(field: &'static str, value: &str) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+/// RFC 3986 reg-name: unreserved, sub-delims and percent-encoding.
+fn is_reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)
 }
 
 /// The longest header name the sidecar's HTTP stack (`http`) takes.
@@ -833,6 +847,40 @@ spec:
             spec(&long[1..]).resolve("a", None).is_ok(),
             "65535 bytes fit"
         );
+    }
+
+    // Found by the sidecar's prop_datasource_the_operator_accepts_builds_a_target
+    // (minimal input `http://"`): the `url` crate takes these hosts, the
+    // sidecar's `http::uri::Authority` does not.
+    #[test]
+    fn host_with_a_character_outside_rfc_3986_is_refused() {
+        for url in [
+            "http://\"",
+            "https://a{b}/v2",
+            "https://a|b",
+            "https://a`b",
+            "https://a^b",
+        ] {
+            let spec = ApiDatasourceSpec {
+                url: url.into(),
+                headers: vec![],
+                query_parameters: vec![],
+                signature: None,
+                tls: None,
+                authentication: Authentication::default(),
+            };
+            let err = spec.resolve("a", None).expect_err(url);
+            assert_eq!(err.reason(), "InvalidUrl", "{url}");
+        }
+        for url in [
+            "https://a-b.c_d~!$&'()*+,;=:8443/v2",
+            "https://[::1]/",
+            "https://10.0.0.1",
+        ] {
+            let yaml =
+                format!("kind: ApiDatasource\nmetadata: {{name: a}}\nspec:\n  url: \"{url}\"\n");
+            assert!(parse(&yaml).is_ok(), "{url}");
+        }
     }
 
     #[test]
