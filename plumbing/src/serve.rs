@@ -15,6 +15,26 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+/// The largest request head served, the same on both protocols: for
+/// HTTP/1.1 the read buffer the head must fit in (hyper's default is about
+/// 408 KiB), for HTTP/2 the header list size (`SETTINGS_MAX_HEADER_LIST_SIZE`,
+/// names and values plus 32 bytes a field; hyper's default is 16 KiB). A
+/// larger head is answered 431 (HTTP/2: on its stream; a list over four
+/// times this ends the connection, the h2 crate's abuse limit).
+///
+/// 64 KiB, as Envoy's 60 KiB and above nginx's 4 × 8 KiB: a proxy in front
+/// of many APIs should pass the large cookies and tokens some carry. It
+/// is also four times hyper's HTTP/2 default, the point where an HTTP/2
+/// server on hyper's defaults ends the whole connection instead of
+/// answering 431 on the stream: a proxy that keeps what it sends within
+/// this never makes such an upstream drop a shared connection.
+///
+/// For HTTP/1.1 the same buffer bounds a body read (at most 64 KiB a read
+/// instead of 408 KiB; hyper grows it only while reads fill it) and the
+/// response bytes queued before a write: plenty for loopback, and a
+/// smaller worst case per connection.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 /// Binds `addr`: the listener and the address it got (the port, when
 /// `addr` asked for port 0).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
@@ -45,10 +65,15 @@ pub async fn serve<F, Fut, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(MAX_REQUEST_HEAD)
         // One buffer per response: a small head and body cost one copy,
         // cheaper than the kernel walking two iovecs (measured).
         .writev(false);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // A constant far below u32::MAX.
+        .max_header_list_size(MAX_REQUEST_HEAD as u32);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -265,6 +265,12 @@ pub enum RequestError {
         #[source]
         source: BoxError,
     },
+    /// The request as it would go upstream (with the credential, default
+    /// headers and signature) is over the limit the app's side enforces.
+    #[error(
+        "the request's headers come to {size} bytes, counted as HTTP/2 does (32 more a field), over the limit of {limit}"
+    )]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("the upstream cannot be reached")]
     UpstreamUnreachable {
         #[source]
@@ -297,6 +303,7 @@ impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTls { .. }
             | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -311,6 +318,7 @@ impl RequestError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest { .. } => "bad_request",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTls { .. } => "upstream_tls_failed",
             Self::UpstreamFailed { .. } => "upstream_failed",
@@ -424,8 +432,13 @@ mod tests {
             key: "key".into(),
             source: SigningError::Key(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into()),
         });
+        let large = RequestError::HeadersTooLarge {
+            size: 70_000,
+            limit: 65_536,
+        };
         for (e, status, code) in [
             (bad, 400, "bad_request"),
+            (large, 431, "headers_too_large"),
             (tls, 502, "upstream_tls_failed"),
             (signing, 500, "invalid_signature_key"),
         ] {

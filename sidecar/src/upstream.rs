@@ -21,6 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use sidekey_plumbing::serve::MAX_REQUEST_HEAD;
+
 use crate::error::{RequestError, chain};
 
 /// A request body going upstream: kept whole (small, replayable) or
@@ -86,11 +88,25 @@ impl Upstream {
     }
 
     /// Sends `request` and waits for the response head, at most the
-    /// configured timeout. The response body streams afterwards.
+    /// configured timeout. The response body streams afterwards. A request
+    /// whose head is over [`MAX_REQUEST_HEAD`] is refused here, unsent.
     pub async fn send(
         &self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, RequestError> {
+        // The app's side holds heads to this limit, but the credential,
+        // default headers and signature come on top. Sent anyway, a head
+        // over it could make an HTTP/2 upstream on hyper's defaults end
+        // the pooled connection (GOAWAY) and every request in flight on
+        // it; under it, such an upstream answers 431 on the stream. Which
+        // limit the upstream announced is not exposed by hyper's client.
+        let size = header_list_size(&request);
+        if size > MAX_REQUEST_HEAD {
+            return Err(RequestError::HeadersTooLarge {
+                size,
+                limit: MAX_REQUEST_HEAD,
+            });
+        }
         match tokio::time::timeout(self.timeout, self.start(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(e, self.timeout)),
@@ -142,6 +158,34 @@ impl Settings {
             .timer(TokioTimer::new())
             .build(connector)
     }
+}
+
+/// The size of `request`'s head as HTTP/2 counts a header list (RFC 9113
+/// §6.5.2, and the h2 crate): each field's name and value plus 32 bytes,
+/// the pseudo-header fields included. Over HTTP/1.1 the head is smaller
+/// than this, so one rule serves both.
+pub fn header_list_size<B>(request: &Request<B>) -> usize {
+    const FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        (":method".len(), request.method().as_str().len()),
+        (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority".len(),
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (
+            ":path".len(),
+            uri.path_and_query().map_or(1, |p| p.as_str().len()),
+        ),
+    ];
+    let pseudo: usize = pseudo.iter().map(|(n, v)| n + v + FIELD).sum();
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD)
+        .sum();
+    pseudo + fields
 }
 
 fn classify(e: hyper_util::client::legacy::Error, timeout: Duration) -> RequestError {
@@ -226,6 +270,42 @@ mod tests {
             cached_generations(),
             [Some(ga), Some(b2.settings.generation)]
         );
+    }
+
+    #[test]
+    fn header_list_size_counts_as_http2_does() {
+        let request = Request::get("https://api.example:8443/v2/x?y=1")
+            .header("x-a", "bc")
+            .header("x-a", "d")
+            .body(())
+            .expect("request");
+        // :method GET, :scheme https, :authority api.example:8443,
+        // :path /v2/x?y=1, then x-a twice.
+        let expected = (7 + 3 + 32)
+            + (7 + 5 + 32)
+            + (10 + 16 + 32)
+            + (5 + 9 + 32)
+            + (3 + 2 + 32)
+            + (3 + 1 + 32);
+        assert_eq!(header_list_size(&request), expected);
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_is_refused_unsent() {
+        let tls = crate::tls::client_config(None, true).expect("tls");
+        let second = Duration::from_secs(1);
+        let upstream = Upstream::new(0, tls, second, second);
+        // Port 9 (discard): were it sent, the error would be another.
+        let request = Request::get("http://127.0.0.1:9/")
+            .header("x-big", "x".repeat(MAX_REQUEST_HEAD))
+            .body(Either::Left(Full::default()))
+            .expect("request");
+        let e = upstream.send(request).await.expect_err("too large");
+        assert!(
+            matches!(e, RequestError::HeadersTooLarge { limit, .. } if limit == MAX_REQUEST_HEAD),
+            "{e}"
+        );
+        assert_eq!(e.status(), 431);
     }
 
     #[test]

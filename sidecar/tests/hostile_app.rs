@@ -99,8 +99,9 @@ fn get(target: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_get_431_and_reach_nothing() {
     let (upstream, _ws, sidecar) = setup("").await;
-    // hyper's limit for a request head is its read buffer, 408 KiB.
-    let big = "x".repeat(512 * 1024);
+    // The limit for a request head is the read buffer, 64 KiB
+    // (`MAX_REQUEST_HEAD`), the same as for HTTP/2's header list.
+    let big = "x".repeat(65 * 1024);
     let request = format!("GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\n\r\n");
     let answer = raw(&sidecar, request.into_bytes()).await;
     assert_eq!(answer.status, 431, "{}", answer.head);
@@ -114,6 +115,15 @@ async fn oversized_headers_get_431_and_reach_nothing() {
         echo["headers"]["x-big"][0].as_str().map(str::len),
         Some(8 * 1024)
     );
+    assert_eq!(upstream_requests(&upstream), 1);
+    // A head that fits, but not once the sidecar's own headers are added
+    // (counted as HTTP/2 counts them), is refused before it is sent.
+    let edge = "x".repeat(64 * 1024 - 200);
+    let request =
+        format!("GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {edge}\r\nConnection: close\r\n\r\n");
+    let answer = raw(&sidecar, request.into_bytes()).await;
+    assert_eq!(answer.status, 431, "{}", answer.head);
+    assert!(answer.body.contains("headers_too_large"), "{}", answer.body);
     assert_eq!(upstream_requests(&upstream), 1);
 }
 
@@ -312,9 +322,9 @@ async fn dot_segments_cannot_climb_above_the_datasource_path() {
     assert_eq!(upstream_requests(&upstream), 6);
 }
 
-/// HTTP/2 (h2c) has its own limit: hyper's server advertises a header
-/// list of 16 KiB at most. A little over it is answered 431 on its stream;
-/// far over it, the h2 crate ends the connection (GOAWAY
+/// HTTP/2 (h2c) has the same limit, as a header list (64 KiB, names and
+/// values plus 32 bytes a field). A little over it is answered 431 on its
+/// stream; over four times it, the h2 crate ends the connection (GOAWAY
 /// `ENHANCE_YOUR_CALM`). Neither reaches the upstream; a new connection is
 /// served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +339,7 @@ async fn oversized_headers_over_h2c_get_431_or_goaway_and_reach_nothing() {
     };
     let response = h2c()
         .get(sidecar.url("/a"))
-        .header("x-big", "x".repeat(20 * 1024))
+        .header("x-big", "x".repeat(65 * 1024))
         .send()
         .await
         .expect("answered");
