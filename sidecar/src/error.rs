@@ -290,9 +290,13 @@ pub enum RequestError {
     },
     #[error("the upstream did not answer within {}s", after.as_secs_f64())]
     UpstreamTimeout { after: Duration },
-    /// The reason is the renewal task's, shared by every request waiting.
+    /// The reason is the renewal task's, shared by every request waiting;
+    /// `retry_after`: until its next token request, when one is scheduled.
     #[error("no valid access token: {reason}")]
-    TokenUnavailable { reason: String },
+    TokenUnavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// The signature key, checked at load, failed on this request.
     #[error(transparent)]
     Signing(ConfigError),
@@ -343,6 +347,18 @@ impl RequestError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::TokenUnavailable {
+            retry_after: Some(after),
+            ..
+        } = self
+        {
+            // Whole seconds (RFC 9110), rounded up: a client that waits
+            // this long finds the next attempt made.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         response
     }
 }
@@ -395,9 +411,22 @@ mod tests {
     fn token_failure_is_a_503_with_a_json_body() {
         let e = RequestError::TokenUnavailable {
             reason: "the token endpoint refused the connection".into(),
+            retry_after: Some(Duration::from_millis(2100)),
         };
         let response = e.to_response();
         assert_eq!(response.status(), 503);
+        // Rounded up to whole seconds.
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let unscheduled = RequestError::TokenUnavailable {
+            reason: "no access token yet".into(),
+            retry_after: None,
+        };
+        assert!(
+            !unscheduled
+                .to_response()
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
         let body: serde_json::Value = serde_json::from_slice(&e.body()).expect("json");
         assert_eq!(body["error"], "token_unavailable");
         assert!(

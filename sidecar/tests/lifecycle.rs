@@ -375,3 +375,113 @@ async fn no_secret_reaches_logs_or_error_bodies_when_the_token_endpoint_refuses(
     assert_absent("the logs", &sidecar.logs(), &secrets);
     assert_absent("the error body", &body, &secrets);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
+    let pki = Pki::new("upstream");
+    let upstream = Upstream::start(&pki).await;
+    let ws = workspace(&pki);
+    ws.write_secret("payments-token", "token", "drain-token");
+    ws.write_datasource(&manifest(&upstream.url(), BEARER));
+    let mut sidecar = sidecar::start_with(&ws, &["--shutdown-grace", "10"]);
+    get_echo(&sidecar, "/warm").await;
+
+    // Requests the upstream answers after 1.5 s, each on its own
+    // connection (over HTTP/1.1 and h2c), a large body streaming among them.
+    let mut in_flight = Vec::new();
+    for (i, path) in [
+        "/sleep/1500",
+        "/sleep/1500",
+        "/sleep/1500",
+        "/bytes/8388608",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let http = if i % 2 == 0 {
+            reqwest::Client::new()
+        } else {
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .expect("client")
+        };
+        let url = sidecar.url(path);
+        in_flight.push(tokio::spawn(async move {
+            let response = http.get(url).send().await?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body.len()))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = sidecar.addr;
+    sidecar.terminate();
+
+    // New connections are refused once the listener closes.
+    let refused = async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), refused)
+        .await
+        .expect("new connections are still accepted 1 s after SIGTERM");
+
+    // Every request in flight finishes whole.
+    for (i, request) in in_flight.into_iter().enumerate() {
+        let (status, len) = request
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", sidecar.logs()));
+        assert_eq!(status, 200, "request {i}");
+        if i == 3 {
+            assert_eq!(len, 8 << 20, "the streamed body was cut");
+        }
+    }
+    let status = sidecar
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("still running 5 s after its requests finished");
+    assert!(status.success(), "{status}\n{}", sidecar.logs());
+    assert_eq!(upstream.state.requests.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_request_longer_than_the_grace_period_exits_when_it_ends() {
+    let pki = Pki::new("upstream");
+    let upstream = Upstream::start(&pki).await;
+    let ws = workspace(&pki);
+    ws.write_datasource(&manifest(&upstream.url(), ""));
+    let mut sidecar = sidecar::start_with(&ws, &["--shutdown-grace", "1"]);
+    let url = sidecar.url("/sleep/30000");
+    let stuck = tokio::spawn(async move { client().get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    sidecar.terminate();
+    let status = sidecar
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("still running 5 s after SIGTERM with a 1 s grace period");
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}\n{}", sidecar.logs());
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the grace period ended"
+    );
+    assert!(
+        sidecar
+            .logs()
+            .contains("in-flight requests did not finish within the grace period"),
+        "{}",
+        sidecar.logs()
+    );
+    // The app's request ends (with an error), it is not left hanging.
+    let ended = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("the app's request still hangs");
+    assert!(ended.expect("task").is_err());
+}

@@ -639,3 +639,188 @@ async fn in_a_cluster_the_mounted_access_token_is_sent_and_replaced_never_refres
             .contains("Bearer operator-token-3")
     );
 }
+
+/// A TCP relay in front of `port` that can be switched off: while off it
+/// drops every connection it had and closes each new one at once, counting
+/// them (each is one token request the sidecar tried).
+struct SwitchRelay {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    refused: Arc<AtomicUsize>,
+}
+
+impl SwitchRelay {
+    async fn start(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let relay_port = listener.local_addr().expect("addr").port();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let refused = Arc::new(AtomicUsize::new(0));
+        let counted = refused.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*watch.borrow() {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    continue;
+                };
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|up| !up) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port: relay_port,
+            up,
+            refused,
+        }
+    }
+
+    fn token_url(&self) -> String {
+        format!("https://127.0.0.1:{}/token", self.port)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_down_longer_than_a_token_lives_gets_503_retry_after_and_recovers_without_hammering()
+ {
+    let pki = Pki::new("test");
+    let upstream = Upstream::start(&pki).await;
+    // 3 s tokens, renewed every 1.5 s: the 8 s outage below outlives two.
+    let server = oauth::start(&pki, 3).await;
+    let relay = SwitchRelay::start(server.port()).await;
+    let ws = oauth_workspace(
+        &pki,
+        &upstream.url(),
+        &relay.token_url(),
+        BODY_CLIENT,
+        BODY_SECRET,
+        "",
+    );
+    let sidecar = Arc::new(sidecar::start(&ws));
+    let (status, body) = get_text(&sidecar, "/before").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Steady traffic from four clients for the whole test.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (sidecar, stop) = (sidecar.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let response = http
+                    .get(sidecar.url("/traffic"))
+                    .send()
+                    .await
+                    .expect("request");
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap_or("?").to_owned());
+                let body = response.text().await.unwrap_or_default();
+                seen.push((Instant::now(), status, retry_after, body));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }));
+    }
+
+    // Down for 8 s, more than twice a token's life.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.set_up(false);
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let attempts = relay.refused.load(Ordering::SeqCst);
+    relay.set_up(true);
+    let up_at = Instant::now();
+
+    // It recovers by itself: the next scheduled retry (at most 16 s after
+    // the fifth failure) gets a token, and requests succeed again.
+    let recovered = async {
+        loop {
+            let (status, _) = get_text(&sidecar, "/after").await;
+            if status == 200 {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let recovered_at = tokio::time::timeout(Duration::from_secs(25), recovered)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no recovery 25 s after the endpoint came back\n{}",
+                sidecar.logs()
+            )
+        });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut seen = Vec::new();
+    for w in workers {
+        seen.extend(w.await.expect("worker"));
+    }
+
+    let unavailable: Vec<_> = seen.iter().filter(|(_, s, _, _)| *s == 503).collect();
+    assert!(
+        unavailable.len() > 20,
+        "only {} answers 503 while the token endpoint was down",
+        unavailable.len()
+    );
+    for (at, status, retry_after, body) in &seen {
+        assert!(
+            *status == 200 || *status == 503,
+            "{status} {body}\n{}",
+            sidecar.logs()
+        );
+        if *status == 503 {
+            // Only once the last token was no longer usable.
+            assert!(*at > down_at + Duration::from_millis(500), "503 too early");
+            let seconds: u64 = retry_after
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("Retry-After {retry_after:?}"));
+            assert!((1..=60).contains(&seconds), "Retry-After: {seconds}");
+            let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+            assert_eq!(json["error"], "token_unavailable", "{json}");
+            assert!(
+                json["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                "{json}"
+            );
+        }
+    }
+    // Every request after recovery got through.
+    assert!(
+        seen.iter()
+            .filter(|(at, ..)| *at > recovered_at)
+            .all(|(_, status, ..)| *status == 200)
+    );
+    // The backoff (0.5 s doubling, plus up to as much jitter) allows 4 or
+    // 5 token requests in 8 s, whatever the hundreds of app requests did.
+    let requests = seen
+        .iter()
+        .filter(|(at, ..)| *at > down_at && *at < up_at)
+        .count();
+    assert!(requests > 100, "{requests} app requests while down");
+    assert!(
+        (3..=6).contains(&attempts),
+        "{attempts} token requests in 8 s down, for {requests} app requests"
+    );
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    // The sidecar never went through the upstream without a token.
+    assert_eq!(upstream.state.refused.load(Ordering::SeqCst), 0);
+}

@@ -90,6 +90,7 @@ pub trait Authenticate: Send + Sync + 'static {
             .current()
             .ok_or_else(|| RequestError::TokenUnavailable {
                 reason: "no credential".into(),
+                retry_after: None,
             });
         Box::pin(std::future::ready(result))
     }

@@ -249,6 +249,30 @@ impl Sidecar {
         self.child.id()
     }
 
+    /// Sends it `SIGTERM`, as the kubelet does when the pod stops.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM: {status}");
+    }
+
+    /// Waits at most `within` for it to exit; its exit status, or `None`
+    /// if it is still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Everything it printed so far.
     pub fn logs(&self) -> String {
         self.lines.lock().expect("lock").join("\n")

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::{Authenticate, Credential, Setup};
 use crate::error::{ConfigError, RequestError};
-use renewal::{ASK_RETRY_PAUSE, Ask, Outcome, Published, Renewal};
+use renewal::{Ask, Outcome, Published, Renewal};
 use sidekey_oauth::TokenEndpoint;
 
 pub use mounted::{Awaiting, Mounted};
@@ -110,11 +110,9 @@ impl OAuth2 {
         }
         let mut outcome = self.outcome.clone();
         if let Some(failure) = &outcome.borrow_and_update().failure
-            && failure.at.elapsed() < ASK_RETRY_PAUSE
+            && failure.pending()
         {
-            return Err(RequestError::TokenUnavailable {
-                reason: failure.reason.clone(),
-            });
+            return Err(failure.to_error());
         }
         let mut serial = 0;
         self.asks.send_modify(|ask| {
@@ -135,11 +133,13 @@ impl OAuth2 {
                 break None;
             }
         };
-        self.usable()
-            .filter(fresh)
-            .ok_or_else(|| RequestError::TokenUnavailable {
-                reason: failure.map_or_else(|| "no access token yet".into(), |f| f.reason),
-            })
+        self.usable().filter(fresh).ok_or_else(|| match failure {
+            Some(f) => f.to_error(),
+            None => RequestError::TokenUnavailable {
+                reason: "no access token yet".into(),
+                retry_after: None,
+            },
+        })
     }
 }
 

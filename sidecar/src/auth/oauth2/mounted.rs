@@ -96,6 +96,7 @@ impl Authenticate for Awaiting {
     fn obtain(&self) -> BoxFuture<'_, Result<Arc<Credential>, RequestError>> {
         Box::pin(std::future::ready(Err(RequestError::TokenUnavailable {
             reason: self.reason.clone(),
+            retry_after: None,
         })))
     }
 
@@ -126,6 +127,7 @@ impl Authenticate for Mounted {
             .current()
             .ok_or_else(|| RequestError::TokenUnavailable {
                 reason: self.expired(),
+                retry_after: None,
             });
         Box::pin(std::future::ready(result))
     }

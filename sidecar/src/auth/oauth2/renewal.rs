@@ -19,12 +19,9 @@ use tokio::sync::watch;
 
 use super::schedule;
 use crate::auth::Credential;
-use crate::error::chain;
+use crate::error::{RequestError, chain};
 use crate::metrics::Metrics;
 
-/// An ask that comes within this long of a failed attempt is answered with
-/// that failure; the scheduled retries go on meanwhile.
-pub const ASK_RETRY_PAUSE: Duration = Duration::from_secs(1);
 pub struct Token {
     pub credential: Arc<Credential>,
     pub expires_at: Instant,
@@ -55,8 +52,25 @@ pub struct Ask {
 
 #[derive(Clone)]
 pub struct Failure {
-    pub at: Instant,
     pub reason: String,
+    /// When the backoff makes the next token request. Until then an ask is
+    /// answered with this failure and sends nothing: however much traffic
+    /// the app sends, the endpoint sees only the backoff's requests.
+    pub retry_at: Instant,
+}
+
+impl Failure {
+    /// The failure as a request sees it, with how long until the next try.
+    pub fn to_error(&self) -> RequestError {
+        RequestError::TokenUnavailable {
+            reason: self.reason.clone(),
+            retry_after: Some(self.retry_at.saturating_duration_since(Instant::now())),
+        }
+    }
+
+    pub fn pending(&self) -> bool {
+        Instant::now() < self.retry_at
+    }
 }
 
 /// What the task last did.
@@ -107,8 +121,7 @@ impl Renewal {
             };
             match ask {
                 None => {
-                    self.renew(&mut retrying).await;
-                    next = tokio::time::Instant::now() + self.next_delay(retrying.as_mut());
+                    next = self.renew(&mut retrying).await.into();
                 }
                 Some((serial, rejected)) => {
                     let needed = match usable(&self.token) {
@@ -117,21 +130,20 @@ impl Renewal {
                             rejected.as_ref().is_some_and(|r| Arc::ptr_eq(r, &current))
                         }
                     };
-                    let paused = self
+                    let backing_off = self
                         .outcome
                         .borrow()
                         .failure
                         .as_ref()
-                        .is_some_and(|f| f.at.elapsed() < ASK_RETRY_PAUSE);
-                    if needed && !paused {
+                        .is_some_and(Failure::pending);
+                    if needed && !backing_off {
                         if rejected.is_some() {
                             tracing::info!(
                                 datasource = %self.datasource,
                                 "the upstream rejected the access token (401): renewing it"
                             );
                         }
-                        self.renew(&mut retrying).await;
-                        next = tokio::time::Instant::now() + self.next_delay(retrying.as_mut());
+                        next = self.renew(&mut retrying).await.into();
                     }
                     self.outcome
                         .send_modify(|o| o.answered = o.answered.max(serial));
@@ -141,22 +153,28 @@ impl Renewal {
     }
 
     /// One token request; its outcome is published, a failure starts (or
-    /// continues) the backoff.
-    async fn renew(&mut self, retrying: &mut Option<ExponentialBackoff>) {
-        let failure = match self.fetch().await {
+    /// continues) the backoff. Returns when the next one is due.
+    async fn renew(&mut self, retrying: &mut Option<ExponentialBackoff>) -> Instant {
+        let (failure, next) = match self.fetch().await {
             Ok(()) => {
                 *retrying = None;
-                None
+                let next = match self.token.load().as_ref() {
+                    Some(t) => t.renew_at,
+                    None => Instant::now(),
+                };
+                (None, next)
             }
             Err(reason) => {
-                retrying.get_or_insert_with(schedule::retry_delays);
-                Some(Failure {
-                    at: Instant::now(),
-                    reason,
-                })
+                let delay = retrying
+                    .get_or_insert_with(schedule::retry_delays)
+                    .next()
+                    .unwrap_or(schedule::MAX_RETRY_DELAY);
+                let retry_at = Instant::now() + delay;
+                (Some(Failure { reason, retry_at }), retry_at)
             }
         };
         self.outcome.send_modify(|o| o.failure = failure);
+        next
     }
 
     async fn fetch(&mut self) -> Result<(), String> {
@@ -227,17 +245,5 @@ impl Renewal {
             "access token obtained"
         );
         Ok(())
-    }
-
-    /// How long to wait before the next scheduled token request;
-    /// `retrying`: the delays after failures, while the last one failed.
-    fn next_delay(&self, retrying: Option<&mut ExponentialBackoff>) -> Duration {
-        if let Some(delays) = retrying {
-            return delays.next().unwrap_or(schedule::MAX_RETRY_DELAY);
-        }
-        match self.token.load().as_ref() {
-            Some(t) => t.renew_at.saturating_duration_since(Instant::now()),
-            None => Duration::ZERO,
-        }
     }
 }
