@@ -63,6 +63,11 @@ pub const DEFAULT_SIGNATURE_ISSUER: &str = "Appsmith";
 pub const DEFAULT_SIGNATURE_TTL_SECONDS: u32 = 600;
 /// Shortest signature key accepted.
 pub const MIN_SIGNATURE_KEY_LEN: usize = 32;
+/// Longest credential value (password, key, token, client secret) taken, in
+/// bytes: far above any real one (JWTs run to a few KiB), and half of the
+/// sidecar's 64 KiB request-head limit, so a request carrying it still
+/// has room for the app's own headers.
+pub const MAX_CREDENTIAL_LEN: usize = 32 * 1024;
 /// Token lifetime assumed when a token endpoint sends no `expires_in`.
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: u32 = 3600;
 /// Query parameter carrying the OAuth token when `addTokenTo: QueryParameter`.

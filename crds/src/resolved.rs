@@ -377,6 +377,47 @@ impl ResolvedAuthentication {
         Some((self.type_().credential_field()?, file))
     }
 
+    /// Whether `value` (read as the sidecar reads it, a trailing newline
+    /// removed) can be this scheme's credential. The rules are the
+    /// sidecar's, which would otherwise refuse it only at start, in the
+    /// pod: the password of Basic is any bytes (it is base64-encoded);
+    /// the others are non-empty UTF-8 text, with no control character
+    /// (but tab) where they go into a header. Every value is at most
+    /// [`names::MAX_CREDENTIAL_LEN`] bytes. The refusal never quotes the
+    /// value.
+    pub fn check_credential(&self, value: &crate::SecretValue) -> Result<(), String> {
+        let len = value.len();
+        if len > names::MAX_CREDENTIAL_LEN {
+            return Err(format!(
+                "it is {len} bytes long, over the {} a credential may have",
+                names::MAX_CREDENTIAL_LEN
+            ));
+        }
+        let in_header = match self {
+            Self::None | Self::Basic { .. } => return Ok(()),
+            Self::ApiKey { add_to, .. } => *add_to == ApiKeyPlacement::Header,
+            Self::BearerToken { .. } => true,
+            Self::OAuth2(_) => false,
+        };
+        let Some(text) = value.expose_str() else {
+            return Err("it is not UTF-8 text".into());
+        };
+        if text.is_empty() {
+            return Err("it is empty".into());
+        }
+        if in_header
+            && let Some(at) = text
+                .bytes()
+                .position(|b| b != b'\t' && (b < 0x20 || b == 0x7f))
+        {
+            return Err(format!(
+                "byte {} is a control character, which an HTTP header cannot carry",
+                at + 1
+            ));
+        }
+        Ok(())
+    }
+
     /// The type, as `spec.authentication.type` names it.
     pub fn type_(&self) -> AuthenticationType {
         match self {
@@ -880,6 +921,50 @@ spec:
             let yaml =
                 format!("kind: ApiDatasource\nmetadata: {{name: a}}\nspec:\n  url: \"{url}\"\n");
             assert!(parse(&yaml).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn credentials_the_sidecar_cannot_send_are_refused_without_quoting_them() {
+        use crate::SecretValue;
+        let file = || SecretFile {
+            secret: "s".into(),
+            key: "k".into(),
+            path: "s/k".into(),
+        };
+        let bearer = ResolvedAuthentication::BearerToken { token: file() };
+        let basic = ResolvedAuthentication::Basic {
+            username: "u".into(),
+            password: file(),
+        };
+        let query_key = ResolvedAuthentication::ApiKey {
+            key: "k".into(),
+            value: file(),
+            prefix: None,
+            add_to: ApiKeyPlacement::QueryParameter,
+        };
+        let v = |b: &[u8]| SecretValue::new(b.to_vec());
+        assert!(bearer.check_credential(&v(b"t0k\tn")).is_ok());
+        assert!(
+            bearer
+                .check_credential(&v("jeton-\u{e9}".as_bytes()))
+                .is_ok()
+        );
+        let err = bearer
+            .check_credential(&v(b"line1\nsecret"))
+            .expect_err("newline");
+        assert!(err.contains("byte 6"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        assert!(bearer.check_credential(&v(b"\xff\xfe")).is_err());
+        assert!(bearer.check_credential(&v(b"")).is_err());
+        // Basic encodes the password: any bytes go.
+        assert!(basic.check_credential(&v(b"\0\xff\n")).is_ok());
+        // A query parameter is percent-encoded: control characters go.
+        assert!(query_key.check_credential(&v(b"a\nb")).is_ok());
+        let huge = vec![b'a'; names::MAX_CREDENTIAL_LEN + 1];
+        for auth in [&bearer, &basic, &query_key] {
+            let err = auth.check_credential(&v(&huge)).expect_err("huge");
+            assert!(err.contains("32769 bytes"), "{err}");
         }
     }
 

@@ -59,6 +59,14 @@ pub enum DatasourceError {
         min: usize,
     },
 
+    #[error("Secret {secret:?} key {key:?} (named in {field}) cannot be the credential: {detail}")]
+    InvalidSecretValue {
+        secret: String,
+        key: String,
+        field: &'static str,
+        detail: String,
+    },
+
     #[error(
         "Secret {secret:?} key {key:?} (named in spec.tls.caCertificateSecretRef) holds no \
          usable CA certificate: {detail}; put one or more PEM certificates \
@@ -79,6 +87,7 @@ impl DatasourceError {
             Self::SecretNotFound { .. } => "SecretNotFound",
             Self::SecretKeyNotFound { .. } => "SecretKeyNotFound",
             Self::SignatureKeyTooShort { .. } => "SignatureKeyTooShort",
+            Self::InvalidSecretValue { .. } => "InvalidSecretValue",
             Self::InvalidCertificate { .. } => "InvalidCertificate",
         }
     }
@@ -254,6 +263,15 @@ mod tests {
                     min: 32,
                 },
                 "SignatureKeyTooShort",
+            ),
+            (
+                DatasourceError::InvalidSecretValue {
+                    secret: text("token"),
+                    key: text("token"),
+                    field: "spec.authentication.bearerToken.tokenSecretRef",
+                    detail: text("it is empty"),
+                },
+                "InvalidSecretValue",
             ),
             (
                 DatasourceError::InvalidCertificate {

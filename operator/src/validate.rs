@@ -122,7 +122,18 @@ pub fn check(
             });
         };
         match u.purpose {
-            SecretPurpose::Credential => {}
+            SecretPurpose::Credential => {
+                let value = value.clone().trim_trailing_newline();
+                resolved
+                    .authentication
+                    .check_credential(&value)
+                    .map_err(|detail| DatasourceError::InvalidSecretValue {
+                        secret: secret.clone(),
+                        key: key.clone(),
+                        field: u.field,
+                        detail,
+                    })?;
+            }
             SecretPurpose::SignatureKey => {
                 // Counted as the sidecar uses it: without a trailing newline.
                 let len = value.clone().trim_trailing_newline().char_len();
@@ -154,14 +165,21 @@ pub fn check(
 }
 
 /// Counts the X.509 certificates of a PEM bundle; at least one is needed.
-/// Each must decode as PEM and parse as X.509, as the sidecar's TLS stack
-/// will parse it. Other PEM sections (keys, parameters) are ignored.
+/// Each must decode as PEM, parse as X.509 whole, and be taken as a trust
+/// anchor by the sidecar's TLS stack (rustls), which checks what the
+/// parse does not (the two signature algorithms agree) and skips what it
+/// checks (dates): the sidecar must never refuse a bundle the operator
+/// let through. Other PEM sections (keys, parameters) and text between
+/// them are ignored, as OpenSSL ignores them.
 pub fn count_certificates(pem: &SecretValue) -> Result<usize, String> {
     let mut count = 0;
     for (i, cert) in CertificateDer::pem_slice_iter(pem.expose()).enumerate() {
         let cert = cert.map_err(|e| format!("PEM block {} does not decode: {e}", i + 1))?;
         x509_parser::parse_x509_certificate(cert.as_ref())
             .map_err(|e| format!("certificate {} is not valid X.509: {e}", i + 1))?;
+        rustls::RootCertStore::empty()
+            .add(cert)
+            .map_err(|e| format!("certificate {} cannot be a trust anchor: {e}", i + 1))?;
         count += 1;
     }
     if count == 0 {
@@ -225,6 +243,48 @@ spec:
     }
 
     const KEY_32: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// Found by prop_ca_bundle_is_accepted_by_operator_and_sidecar_alike:
+    /// a certificate whose outer signature algorithm differs from the one
+    /// inside parses as X.509, but the sidecar's rustls refuses it.
+    #[test]
+    fn certificate_with_mismatched_signature_algorithms_is_refused() {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["ca.test".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let mut der = cert.der().to_vec();
+        // ecdsa-with-SHA256, 1.2.840.10045.4.3.2; its last occurrence is
+        // the outer signatureAlgorithm: make it ecdsa-with-SHA384.
+        let oid = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+        let at = der
+            .windows(oid.len())
+            .rposition(|w| w == oid)
+            .expect("the OID");
+        der[at + oid.len() - 1] = 0x03;
+        assert!(x509_parser::parse_x509_certificate(&der).is_ok());
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&der)
+        );
+        let err = count_certificates(&SecretValue::new(pem)).expect_err("mismatch");
+        assert!(
+            err.contains("certificate 1 cannot be a trust anchor"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn text_between_certificates_is_ignored() {
+        let pem = ca_pem(2).replacen(
+            "-----END CERTIFICATE-----\n",
+            "-----END CERTIFICATE-----\ngarbage \u{1} between\n\n-----\n",
+            1,
+        );
+        assert_eq!(count_certificates(&SecretValue::new(pem)), Ok(2));
+    }
 
     #[test]
     fn valid_datasource_reports_its_certificate_count() {
