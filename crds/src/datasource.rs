@@ -385,6 +385,10 @@ fn default_token_lifetime() -> u32 {
 /// `kubectl explain` would show nothing below `signature`, `tls` or the
 /// authentication blocks. sidekey never writes null (absent fields are
 /// skipped), so the marks are dropped.
+///
+/// The schema also bounds `metadata.name` (the one metadata field a CRD
+/// may restrict) to [`names::MAX_DATASOURCE_NAME_LEN`], so that a name too
+/// long for the objects named after it is refused when it is created.
 pub fn crd() -> CustomResourceDefinition {
     use kube::CustomResourceExt;
     fn strip_nullable(v: &mut serde_json::Value) {
@@ -400,6 +404,18 @@ pub fn crd() -> CustomResourceDefinition {
     let crd = ApiDatasource::crd();
     let mut value = serde_json::to_value(&crd).unwrap_or_else(|e| panic!("CRD to JSON: {e}"));
     strip_nullable(&mut value);
+    for version in value["spec"]["versions"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        version["schema"]["openAPIV3Schema"]["properties"]["metadata"] = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "name": { "type": "string", "maxLength": names::MAX_DATASOURCE_NAME_LEN },
+            },
+        });
+    }
     serde_json::from_value(value).unwrap_or_else(|e| panic!("CRD from JSON: {e}"))
 }
 

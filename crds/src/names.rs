@@ -33,6 +33,11 @@ pub const SIDECAR_BINARY: &str = "/usr/local/bin/sidekey-sidecar";
 pub const FIELD_MANAGER: &str = "sidekey-operator";
 /// Suffix of the ConfigMap the operator writes for a datasource.
 pub const CONFIGMAP_SUFFIX: &str = "-sidekey";
+/// Longest ApiDatasource name, which the CRD's schema enforces: the name is
+/// the value of the [`DATASOURCE_LABEL`] of its ConfigMap, and a label value
+/// is at most 63 characters. Every object named after a datasource fits
+/// then too (the longest, an Event, `<datasource>.<16 hex digits>`).
+pub const MAX_DATASOURCE_NAME_LEN: usize = 63;
 /// Key in that ConfigMap holding the resolved spec (YAML).
 pub const CONFIGMAP_KEY: &str = "datasource.yaml";
 /// Label put on every ConfigMap the operator owns.
@@ -138,6 +143,18 @@ mod tests {
     #[test]
     fn env_name_upper_cases_and_replaces_dashes() {
         assert_eq!(url_env_name("payments-eu"), "SIDEKEY_PAYMENTS_EU_URL");
+    }
+
+    #[test]
+    fn names_made_from_the_longest_datasource_name_fit() {
+        let name = "a".repeat(MAX_DATASOURCE_NAME_LEN);
+        for made in [
+            configmap_name(&name),
+            oauth_token_secret_name(&name),
+            format!("{name}.{:x}", u64::MAX),
+        ] {
+            assert!(made.len() <= 253, "{} characters", made.len());
+        }
     }
 
     #[test]

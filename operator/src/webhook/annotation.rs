@@ -134,8 +134,8 @@ fn invalid_name(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         return Some("is empty");
     }
-    if name.len() > 253 {
-        return Some("is longer than 253 characters");
+    if name.len() > names::MAX_DATASOURCE_NAME_LEN {
+        return Some("is longer than the 63 characters of an ApiDatasource name");
     }
     let ok_chars = name
         .bytes()

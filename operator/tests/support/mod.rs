@@ -71,6 +71,12 @@ impl Bed {
 
     /// Creates or replaces Secret `name` with exactly `data`.
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let data: Vec<(&str, &[u8])> = data.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        self.put_secret_bytes(name, &data).await;
+    }
+
+    /// The same with values of any bytes.
+    pub async fn put_secret_bytes(&self, name: &str, data: &[(&str, &[u8])]) {
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_owned()),
@@ -78,7 +84,7 @@ impl Bed {
             },
             data: Some(
                 data.iter()
-                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
                     .collect(),
             ),
             ..Default::default()
