@@ -23,6 +23,7 @@
 //! is installed with `watchNamespace`, so its webhook and operator see only
 //! this test's namespace and leave the tests running beside it alone.
 
+mod rbac_recorder;
 mod support;
 
 use std::collections::BTreeSet;
@@ -34,11 +35,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Api, Client};
+use rbac_recorder::{Access, Recorder};
 use serde_json::{Value, json};
 use sidekey_crds::names;
 use support::{WAIT, free_ports, http_get};
@@ -580,6 +582,8 @@ struct Install {
     admin: u16,
     webhook: u16,
     oauth: u16,
+    /// Every request of the operator runs goes through it.
+    recorder: Recorder,
     dir: tempfile::TempDir,
 }
 
@@ -601,6 +605,7 @@ impl Install {
         let [admin, webhook, oauth] = free_ports(3)[..] else {
             unreachable!("free_ports(3) returns three ports")
         };
+        let (server, ca) = bed_server();
         let install = Self {
             client,
             rel,
@@ -608,6 +613,7 @@ impl Install {
             admin,
             webhook,
             oauth,
+            recorder: Recorder::start(&server, &ca).await,
             dir: tempfile::tempdir().expect("tempdir"),
         };
         let mut sets = vec![
@@ -649,37 +655,17 @@ impl Install {
         Api::namespaced(self.client.clone(), &self.app)
     }
 
-    /// A kubeconfig for the bed that authenticates with a token of the
-    /// chart's ServiceAccount (TokenRequest: Kubernetes 1.20 and current
-    /// versions alike).
+    /// A kubeconfig that authenticates with a token of the chart's
+    /// ServiceAccount and reaches the bed through the recorder.
     async fn operator_kubeconfig(&self) -> PathBuf {
-        let request: TokenRequest = serde_json::from_value(json!({
-            "spec": {"audiences": [], "expirationSeconds": 3600}
-        }))
-        .expect("TokenRequest");
-        let token = Api::<ServiceAccount>::namespaced(self.client.clone(), &self.rel)
-            .create_token_request(OPERATOR, &PostParams::default(), &request)
-            .await
-            .unwrap_or_else(|e| panic!("a token for ServiceAccount {OPERATOR}: {e}"))
-            .status
-            .and_then(|s| s.token)
-            .expect("TokenRequest status has a token");
-        let bed = Kubeconfig::read_from(sidekey_tests::kubeconfig_path()).expect("bed kubeconfig");
-        let cluster = bed
-            .clusters
-            .first()
-            .and_then(|c| c.cluster.clone())
-            .expect("bed kubeconfig has a cluster");
-        let server = cluster.server.expect("server");
-        let ca = cluster
-            .certificate_authority_data
-            .expect("bed kubeconfig has certificate-authority-data");
+        let token = sidekey_tests::service_account_token(&self.client, &self.rel, OPERATOR).await;
+        let server = format!("http://{}", self.recorder.addr);
         let path = self.dir.path().join("operator-kubeconfig");
         std::fs::write(
             &path,
             format!(
                 "apiVersion: v1\nkind: Config\n\
-                 clusters: [{{name: bed, cluster: {{server: '{server}', certificate-authority-data: '{ca}'}}}}]\n\
+                 clusters: [{{name: bed, cluster: {{server: '{server}'}}}}]\n\
                  users: [{{name: operator, user: {{token: '{token}'}}}}]\n\
                  contexts: [{{name: operator, context: {{cluster: bed, user: operator}}}}]\n\
                  current-context: operator\n"
@@ -813,6 +799,24 @@ impl Install {
             .await
             .unwrap_or_else(|e| panic!("creating pod {name}: {e}"))
     }
+}
+
+/// The bed's API server URL and CA certificate (PEM).
+fn bed_server() -> (String, Vec<u8>) {
+    use base64::Engine as _;
+    let bed = Kubeconfig::read_from(sidekey_tests::kubeconfig_path()).expect("bed kubeconfig");
+    let cluster = bed
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .expect("bed kubeconfig has a cluster");
+    let ca = cluster
+        .certificate_authority_data
+        .expect("bed kubeconfig has certificate-authority-data");
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(ca.trim())
+        .expect("certificate-authority-data is base64");
+    (cluster.server.expect("server"), ca)
 }
 
 /// The injected sidecar of a stored pod (a container, or an init container
@@ -998,7 +1002,31 @@ async fn installed_chart_runs_the_operator_with_exactly_its_rbac_through_upgrade
     .expect_ok();
     assert_eq!(run.stdout.lines().count(), made, "{}", run.stdout);
 
+    // The objects the chart makes for the operator, deleted by hand: the
+    // operator makes each again (and so uses its create rules).
+    let leases: Api<Lease> = Api::namespaced(install.client.clone(), &rel);
+    let secrets_rel: Api<Secret> = Api::namespaced(install.client.clone(), &rel);
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(install.client.clone());
+    let gone = DeleteParams::default();
+    leases.delete(OPERATOR, &gone).await.expect("deleting the Lease");
+    secrets_rel
+        .delete(TLS_SECRET, &gone)
+        .await
+        .expect("deleting the certificate Secret");
+    configs
+        .delete(&configuration, &gone)
+        .await
+        .expect("deleting the webhook configuration");
+
     let mut operator = install.run_operator("chart-a").await;
+    sidekey_tests::wait_for("the Lease made again", WAIT, || async {
+        leases.get_opt(OPERATOR).await.ok()?.map(|_| ())
+    })
+    .await;
+    sidekey_tests::wait_for("the webhook configuration made again", WAIT, || async {
+        configs.get_opt(&configuration).await.ok()?.map(|_| ())
+    })
+    .await;
 
     // A datasource is reconciled.
     install
@@ -1096,7 +1124,6 @@ async fn installed_chart_runs_the_operator_with_exactly_its_rbac_through_upgrade
     // helm upgrade with changed values; the pods of the new revision (the
     // operator run again with its args) inject with them, and the upgrade
     // left the operator's certificate alone.
-    let secrets_rel: Api<Secret> = Api::namespaced(install.client.clone(), &rel);
     let tls_crt = |s: Secret| s.data.and_then(|mut d| d.remove("tls.crt")).map(|b| b.0);
     let before = tls_crt(secrets_rel.get(TLS_SECRET).await.expect("Secret"));
     install
@@ -1112,7 +1139,6 @@ async fn installed_chart_runs_the_operator_with_exactly_its_rbac_through_upgrade
         .expect_ok();
     operator.terminate().await;
     let operator = install.run_operator("chart-b").await;
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(install.client.clone());
     sidekey_tests::wait_for("the webhook timeout of the new values", WAIT, || async {
         let c = configs.get(&configuration).await.ok()?;
         (c.webhooks?.first()?.timeout_seconds == Some(5)).then_some(())
@@ -1146,6 +1172,27 @@ async fn installed_chart_runs_the_operator_with_exactly_its_rbac_through_upgrade
         "{}",
         operator.logs()
     );
+
+    // Every verb of every rule was used, and nothing was refused.
+    let blocking = |refs: Option<Vec<_>>| {
+        refs.into_iter().flatten().any(
+            |o: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
+                o.block_owner_deletion == Some(true)
+            },
+        )
+    };
+    let configmap = Api::<ConfigMap>::namespaced(install.client.clone(), &app)
+        .get("open-sidekey")
+        .await
+        .expect("ConfigMap open-sidekey");
+    assert!(blocking(configmap.metadata.owner_references));
+    let tokens = secrets
+        .get("calendar-sidekey-oauth")
+        .await
+        .expect("Secret calendar-sidekey-oauth");
+    assert!(blocking(tokens.metadata.owner_references));
+    let docs = documents(&install.manifest().await);
+    assert_rbac_all_used_none_refused(&install, &docs).await;
 
     // helm uninstall, the operator still running as its pods would while
     // they stop: nothing of the release stays, and nothing the operator
@@ -1207,4 +1254,57 @@ async fn installed_chart_runs_the_operator_with_exactly_its_rbac_through_upgrade
     assert!(crd.ok, "the CRD is gone: {}", crd.stderr);
     drop(operator);
     cleanup(&install.client, &[&rel, &app]).await;
+}
+
+/// Holds what the operator runs did through the recorder against what the
+/// release grants its ServiceAccount: no request was refused, each was
+/// granted, and every verb of every rule was used but one (named below
+/// with the reason), so removing any other would refuse a request the
+/// operator made. Owner references with `blockOwnerDeletion` (checked by
+/// the caller) need `update` on the owner's finalizers on clusters that
+/// run the OwnerReferencesPermissionEnforcement admission plugin, which
+/// the bed does not: that use is counted from the objects written.
+async fn assert_rbac_all_used_none_refused(install: &Install, docs: &[Value]) {
+    let seen = install.recorder.seen();
+    let refused: Vec<String> = seen
+        .iter()
+        .filter(|s| s.status == 401 || s.status == 403)
+        .map(|s| format!("{} {}?{} -> {}", s.method, s.path, s.query, s.status))
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:#?}");
+    let mut used: BTreeSet<Access> = seen.iter().flat_map(Access::of).collect();
+    used.insert(Access {
+        namespace: Some(install.app.clone()),
+        group: "sidekey.dev".to_owned(),
+        resource: "apidatasources/finalizers".to_owned(),
+        verb: "update".to_owned(),
+    });
+    let granted = rbac_recorder::grants(docs, &install.rel, OPERATOR);
+    assert!(!granted.is_empty(), "the release grants nothing");
+    for access in &used {
+        assert!(
+            granted.iter().any(|g| g.covers(access)),
+            "the operator did {access}, which no rule of the chart grants"
+        );
+    }
+    let unused: Vec<String> = granted
+        .iter()
+        .filter(|g| !used.iter().any(|a| g.covers(a)))
+        .map(|g| format!("{}: {}", g.origin, g.access))
+        .collect();
+    // kube's event Recorder patches an Event into a series when it
+    // publishes the same event about the same version of an object again
+    // (a retried reconcile); a run without failures never does.
+    let expected = [format!(
+        "ClusterRole sidekey-{rel} (RoleBinding sidekey-{rel}), rule 6: \
+         patch events.k8s.io/events in {app}",
+        rel = install.rel,
+        app = install.app
+    )];
+    assert_eq!(
+        unused,
+        expected,
+        "rules the operator never used (or no longer leaves unused); used: {:#?}",
+        used.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
 }
