@@ -364,18 +364,20 @@ async fn source_data(
     }
 }
 
-/// `args` with every absolute path under one of `mounts` (alone, or as the
-/// value of `--flag=PATH`) moved under `root`, where the volumes were laid
-/// out.
+/// `args` with every absolute path at, under or above one of `mounts`
+/// (alone, or as the value of `--flag=PATH`; a directory holding mounts,
+/// like the sidecar's `--secrets-dir`, counts) moved under `root`, where
+/// the volumes were laid out.
 pub fn rooted_args(root: &Path, mounts: &[VolumeMount], args: &[String]) -> Vec<String> {
+    let within = |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
     let under = |path: &str| -> Option<String> {
-        mounts
-            .iter()
-            .any(|m| {
+        let trimmed = path.trim_end_matches('/');
+        (path.starts_with('/')
+            && mounts.iter().any(|m| {
                 let mount = m.mount_path.trim_end_matches('/');
-                path == mount || path.starts_with(&format!("{mount}/"))
-            })
-            .then(|| root.join(path.trim_start_matches('/')).display().to_string())
+                within(trimmed, mount) || within(mount, trimmed)
+            }))
+        .then(|| root.join(path.trim_start_matches('/')).display().to_string())
     };
     args.iter()
         .map(|arg| {
@@ -448,7 +450,10 @@ mod tests {
             name: "v".to_owned(),
             ..Default::default()
         };
-        let mounts = [mount("/etc/sidekey/datasources/echo"), mount("/var/run/s/")];
+        let mounts = [
+            mount("/etc/sidekey/datasources/echo"),
+            mount("/var/run/s/token/"),
+        ];
         let args: Vec<String> = [
             "--datasource=/etc/sidekey/datasources/echo/datasource.yaml",
             "--secrets-dir",

@@ -106,7 +106,13 @@ async fn run() -> Result<std::convert::Infallible, Error> {
     let mounts = sidecar.volume_mounts.clone().unwrap_or_default();
     let mut argv: Vec<String> = command.collect();
     argv.extend(sidecar.args.clone().unwrap_or_default());
-    let argv = rooted_args(root, &mounts, &argv);
+    // A pod has a network namespace of its own; here the sidecar shares
+    // this machine's, so what it would open to the pod's network stays on
+    // loopback.
+    let argv: Vec<String> = rooted_args(root, &mounts, &argv)
+        .into_iter()
+        .map(|a| a.replace("=0.0.0.0:", "=127.0.0.1:"))
+        .collect();
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&argv);
     for var in sidecar.env.iter().flatten() {
