@@ -238,6 +238,61 @@ fn the_charts_crd_is_the_crd_of_crds() {
     );
 }
 
+/// Every value of values.yaml has a row in the chart's README (its own, or
+/// one of a map it sits in, like `resources`), and every row is a value.
+#[test]
+fn every_value_is_documented_in_the_charts_readme() {
+    fn leaves(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        match value.as_object() {
+            Some(map) if !map.is_empty() => {
+                for (key, inner) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(&path, inner, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let values: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/sidekey/values.yaml"))
+            .expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let mut paths = Vec::new();
+    leaves("", &values, &mut paths);
+    let readme =
+        std::fs::read_to_string(repo_root().join("charts/sidekey/README.md")).expect("README");
+    let rows: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(name, _)| name.to_owned()))
+        .collect();
+    for path in &paths {
+        let mut documented = false;
+        let mut at = path.as_str();
+        loop {
+            documented |= rows.contains(at);
+            match at.rsplit_once('.') {
+                Some((parent, _)) => at = parent,
+                None => break,
+            }
+        }
+        assert!(documented, "value {path} has no row in charts/sidekey/README.md");
+    }
+    for row in &rows {
+        assert!(
+            paths
+                .iter()
+                .any(|p| p == row || p.starts_with(&format!("{row}."))),
+            "charts/sidekey/README.md documents {row}, which values.yaml lacks"
+        );
+    }
+}
+
 /// The value sets the chart is checked with: the defaults, each
 /// certificate mode, each option. `{app}` stands for a second namespace.
 fn options() -> Vec<(&'static str, Vec<String>)> {
