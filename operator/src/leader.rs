@@ -299,7 +299,9 @@ impl Elector {
                 Ended::Stopped => {
                     match self.release().await {
                         Ok(true) => tracing::info!("released the leader Lease"),
-                        Ok(false) => tracing::info!("the leader Lease was no longer ours to release"),
+                        Ok(false) => {
+                            tracing::info!("the leader Lease was no longer ours to release")
+                        }
                         Err(e) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
                     }
                     return;

@@ -281,7 +281,10 @@ fn every_value_is_documented_in_the_charts_readme() {
                 None => break,
             }
         }
-        assert!(documented, "value {path} has no row in charts/sidekey/README.md");
+        assert!(
+            documented,
+            "value {path} has no row in charts/sidekey/README.md"
+        );
     }
     for row in &rows {
         assert!(
@@ -1078,7 +1081,10 @@ async fn installed_chart_runs_the_operator_with_exactly_its_rbac_through_upgrade
     let secrets_rel: Api<Secret> = Api::namespaced(install.client.clone(), &rel);
     let configs: Api<MutatingWebhookConfiguration> = Api::all(install.client.clone());
     let gone = DeleteParams::default();
-    leases.delete(OPERATOR, &gone).await.expect("deleting the Lease");
+    leases
+        .delete(OPERATOR, &gone)
+        .await
+        .expect("deleting the Lease");
     secrets_rel
         .delete(TLS_SECRET, &gone)
         .await

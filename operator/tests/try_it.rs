@@ -28,13 +28,12 @@ struct TryIt {
 impl TryIt {
     fn script(&self, step: &str) -> std::process::Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/try-it");
-        let out = Command::new("bash")
+        Command::new("bash")
             .arg(&script)
             .arg(step)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
-            .unwrap_or_else(|e| panic!("running scripts/try-it {step}: {e}"));
-        out
+            .unwrap_or_else(|e| panic!("running scripts/try-it {step}: {e}"))
     }
 
     fn state(&self) -> BTreeMap<String, String> {
@@ -93,7 +92,10 @@ async fn try_it_sends_a_request_from_the_shell_through_the_injected_sidecar() {
     let kubeconfig = sidekey_tests::kubeconfig_path().display().to_string();
     let try_it = TryIt {
         env: vec![
-            ("SIDEKEY_TRY_DIR", dir.path().join("try").display().to_string()),
+            (
+                "SIDEKEY_TRY_DIR",
+                dir.path().join("try").display().to_string(),
+            ),
             ("SIDEKEY_TRY_KUBECONFIG", kubeconfig),
             ("SIDEKEY_TRY_NAMESPACE", format!("try-rel-{suffix}")),
             ("SIDEKEY_TRY_APP", format!("try-app-{suffix}")),
@@ -126,7 +128,10 @@ async fn try_it_sends_a_request_from_the_shell_through_the_injected_sidecar() {
     assert_eq!(status, 200, "{body}");
     let seen: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(seen["path"], "/v1/hello?x=1", "{seen}");
-    assert_eq!(seen["headers"]["authorization"], "Bearer try-it-token", "{seen}");
+    assert_eq!(
+        seen["headers"]["authorization"], "Bearer try-it-token",
+        "{seen}"
+    );
     assert_eq!(seen["headers"]["x-tenant"], "try-it", "{seen}");
 
     // Straight to the upstream: no credential, so the sidecar added it.

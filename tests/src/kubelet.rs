@@ -187,8 +187,9 @@ pub enum KubeletError {
         kind: &'static str,
         namespace: String,
         name: String,
+        // Boxed: kube::Error is large, and this error travels by value.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("{kind} {namespace}/{name} of volume {volume} does not exist")]
     Missing {
@@ -236,12 +237,13 @@ pub async fn lay_out_container(
         .unwrap_or_default();
     let mut written = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
-        let volume = volumes.iter().find(|v| v.name == mount.name).ok_or_else(|| {
-            KubeletError::NoVolume {
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .ok_or_else(|| KubeletError::NoVolume {
                 container: container.name.clone(),
                 volume: mount.name.clone(),
-            }
-        })?;
+            })?;
         let unsupported = |detail: &str| KubeletError::Unsupported {
             volume: mount.name.clone(),
             detail: detail.to_owned(),
@@ -295,12 +297,14 @@ pub async fn lay_out_container(
             match source.items {
                 Some(items) => {
                     for item in items {
-                        let value = data.get(&item.key).ok_or_else(|| KubeletError::MissingKey {
-                            kind: source.kind,
-                            name: source.name.clone(),
-                            key: item.key.clone(),
-                            volume: mount.name.clone(),
-                        })?;
+                        let value =
+                            data.get(&item.key)
+                                .ok_or_else(|| KubeletError::MissingKey {
+                                    kind: source.kind,
+                                    name: source.name.clone(),
+                                    key: item.key.clone(),
+                                    volume: mount.name.clone(),
+                                })?;
                         files.push((item.path.clone(), value.clone()));
                     }
                 }
@@ -325,7 +329,7 @@ async fn source_data(
         kind: source.kind,
         namespace: namespace.to_owned(),
         name: source.name.clone(),
-        source: source_error,
+        source: Box::new(source_error),
     };
     let data = if source.kind == "ConfigMap" {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -369,7 +373,8 @@ async fn source_data(
 /// like the sidecar's `--secrets-dir`, counts) moved under `root`, where
 /// the volumes were laid out.
 pub fn rooted_args(root: &Path, mounts: &[VolumeMount], args: &[String]) -> Vec<String> {
-    let within = |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+    let within =
+        |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
     let under = |path: &str| -> Option<String> {
         let trimmed = path.trim_end_matches('/');
         (path.starts_with('/')
@@ -377,7 +382,11 @@ pub fn rooted_args(root: &Path, mounts: &[VolumeMount], args: &[String]) -> Vec<
                 let mount = m.mount_path.trim_end_matches('/');
                 within(trimmed, mount) || within(mount, trimmed)
             }))
-        .then(|| root.join(path.trim_start_matches('/')).display().to_string())
+        .then(|| {
+            root.join(path.trim_start_matches('/'))
+                .display()
+                .to_string()
+        })
     };
     args.iter()
         .map(|arg| {

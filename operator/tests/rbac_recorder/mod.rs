@@ -344,10 +344,7 @@ mod tests {
                 true,
                 201
             )),
-            [
-                "patch core/configmaps in a",
-                "create core/configmaps in a"
-            ]
+            ["patch core/configmaps in a", "create core/configmaps in a"]
         );
         assert_eq!(
             one(seen(
@@ -369,7 +366,16 @@ mod tests {
             )),
             ["update coordination.k8s.io/leases in r"]
         );
-        assert!(one(seen(Method::GET, "/apis/sidekey.dev/v1alpha1", "", false, 200)).is_empty());
+        assert!(
+            one(seen(
+                Method::GET,
+                "/apis/sidekey.dev/v1alpha1",
+                "",
+                false,
+                200
+            ))
+            .is_empty()
+        );
         assert!(one(seen(Method::GET, "/version", "", false, 200)).is_empty());
     }
 }

@@ -94,7 +94,8 @@ async fn run() -> Result<std::convert::Infallible, Error> {
             pod: name.clone(),
             source,
         })?;
-    let sidecar = sidecar_of(&pod).ok_or_else(|| Error::NotInjected(format!("{namespace}/{name}")))?;
+    let sidecar =
+        sidecar_of(&pod).ok_or_else(|| Error::NotInjected(format!("{namespace}/{name}")))?;
     let root = Path::new(&root);
     for dir in lay_out_container(&client, &pod, &sidecar, root).await? {
         eprintln!("sidekey-kubelet: laid out {}", dir.display());
