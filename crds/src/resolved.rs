@@ -154,6 +154,11 @@ pub enum SpecError {
     InvalidAuthentication(String),
     #[error("{field} {name:?} is not a valid HTTP header name")]
     InvalidHeaderName { field: &'static str, name: String },
+    #[error(
+        "{field} of header {name:?} cannot be sent in an HTTP header: it holds a control \
+         character (only tab is allowed; a YAML block scalar adds a newline: use `|-`)"
+    )]
+    InvalidHeaderValue { field: &'static str, name: String },
     #[error("not a datasource file: {0}")]
     InvalidFile(String),
 }
@@ -164,7 +169,7 @@ impl SpecError {
         match self {
             Self::InvalidUrl { .. } => "InvalidUrl",
             Self::InvalidAuthentication(_) => "InvalidAuthentication",
-            Self::InvalidHeaderName { .. } => "InvalidHeader",
+            Self::InvalidHeaderName { .. } | Self::InvalidHeaderValue { .. } => "InvalidHeader",
             Self::InvalidFile(_) => "InvalidFile",
         }
     }
@@ -188,6 +193,7 @@ impl ApiDatasourceSpec {
         check_url("spec.url", &self.url)?;
         for h in &self.headers {
             check_header_name("spec.headers", &h.name)?;
+            check_header_value("spec.headers value", &h.name, &h.value)?;
         }
         let signature = match &self.signature {
             Some(s) => {
@@ -264,6 +270,9 @@ impl Authentication {
                 let k = self.api_key.as_ref().ok_or_else(|| missing("apiKey"))?;
                 if k.add_to == ApiKeyPlacement::Header {
                     check_header_name("spec.authentication.apiKey.key", &k.key)?;
+                    if let Some(prefix) = &k.prefix {
+                        check_header_value("spec.authentication.apiKey.prefix", &k.key, prefix)?;
+                    }
                 }
                 ResolvedAuthentication::ApiKey {
                     key: k.key.clone(),
@@ -287,6 +296,13 @@ impl Authentication {
                     "spec.authentication.oauth2.accessTokenUrl",
                     &o.access_token_url,
                 )?;
+                if o.add_token_to == TokenPlacement::Header {
+                    check_header_value(
+                        "spec.authentication.oauth2.headerPrefix",
+                        "Authorization",
+                        &o.header_prefix,
+                    )?;
+                }
                 if o.grant_type == GrantType::AuthorizationCode {
                     for (field, value) in [
                         ("authorizationUrl", &o.authorization_url),
@@ -562,9 +578,13 @@ fn check_url(field: &'static str, value: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// RFC 9110 token characters.
+/// The longest header name the sidecar's HTTP stack (`http`) takes.
+const MAX_HEADER_NAME_LEN: usize = (1 << 16) - 1;
+
+/// RFC 9110 token characters, as many as `http` takes.
 fn check_header_name(field: &'static str, name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
+        && name.len() <= MAX_HEADER_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -572,6 +592,23 @@ fn check_header_name(field: &'static str, name: &str) -> Result<(), SpecError> {
         Ok(())
     } else {
         Err(SpecError::InvalidHeaderName {
+            field,
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// What `http` takes in a field value: no control character but tab
+/// (RFC 9110 field-vchar, SP, HTAB and obs-text). A newline would end the
+/// header; the sidecar could not build it.
+fn check_header_value(field: &'static str, name: &str, value: &str) -> Result<(), SpecError> {
+    if value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
+    {
+        Ok(())
+    } else {
+        Err(SpecError::InvalidHeaderValue {
             field,
             name: name.to_owned(),
         })
@@ -733,6 +770,68 @@ spec:
                 "spec.authentication.oauth2.clientSecretRef",
                 "spec.signature.secretRef"
             ]
+        );
+    }
+
+    // Found by prop_accepted_header_names_and_values_are_valid_http: these
+    // resolved, then the sidecar could not build the header and refused
+    // the whole datasource at start.
+    #[test]
+    fn header_value_with_a_control_character_is_refused() {
+        for value in ["\\0", "bar\\n", "a\\rb", "\\u007f"] {
+            let yaml = format!(
+                "kind: ApiDatasource\nmetadata: {{name: a}}\nspec:\n  url: https://h\n  \
+                 headers: [ {{name: X-A, value: \"{value}\"}} ]\n"
+            );
+            let err = parse(&yaml).expect_err(value);
+            assert!(
+                matches!(err, SpecError::InvalidHeaderValue { .. }),
+                "{err:?}"
+            );
+            assert_eq!(err.reason(), "InvalidHeader");
+        }
+        let tab = "kind: ApiDatasource\nmetadata: {name: a}\nspec:\n  url: https://h\n  \
+                   headers: [ {name: X-A, value: \"a\\tb \u{e9}\"} ]\n";
+        assert!(
+            parse(tab).is_ok(),
+            "tab, space and non-ASCII are sent as they are"
+        );
+    }
+
+    #[test]
+    fn header_prefixes_with_a_control_character_are_refused() {
+        let api_key = "kind: ApiDatasource\nmetadata: {name: a}\nspec:\n  url: https://h\n  \
+                       authentication:\n    type: ApiKey\n    apiKey: {key: X-Key, prefix: \"K\\n\", \
+                       valueSecretRef: {name: s, key: k}}\n";
+        let err = parse(api_key).expect_err("prefix");
+        assert!(err.to_string().contains("apiKey.prefix"), "{err}");
+        let oauth = OAUTH.replace("scopes:", "headerPrefix: \"Bearer\\u0000\"\n      scopes:");
+        let err = parse(&oauth).expect_err("headerPrefix");
+        assert!(err.to_string().contains("oauth2.headerPrefix"), "{err}");
+    }
+
+    #[test]
+    fn header_name_longer_than_http_takes_is_refused() {
+        let long = "x".repeat(MAX_HEADER_NAME_LEN + 1);
+        let spec = |name: &str| ApiDatasourceSpec {
+            url: "https://h".into(),
+            headers: vec![NameValue {
+                name: name.to_owned(),
+                value: "v".into(),
+            }],
+            query_parameters: vec![],
+            signature: None,
+            tls: None,
+            authentication: Authentication::default(),
+        };
+        let err = spec(&long).resolve("a", None).expect_err("65536 bytes");
+        assert!(
+            matches!(err, SpecError::InvalidHeaderName { .. }),
+            "{err:?}"
+        );
+        assert!(
+            spec(&long[1..]).resolve("a", None).is_ok(),
+            "65535 bytes fit"
         );
     }
 

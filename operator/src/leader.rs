@@ -25,6 +25,11 @@
 //!   last renewal no sooner than it was sent.
 //! - A graceful stop releases the Lease, and watching standbys take it
 //!   within one round trip.
+//! - A leader that loses the Lease (taken, or not renewed in time, as when
+//!   the API server is down for longer than the renew deadline) becomes a
+//!   standby in the same process and campaigns again; each term of
+//!   leadership has its own number, so a loss and a new win in quick
+//!   succession are never mistaken for one unbroken term.
 
 use std::time::Duration;
 
@@ -107,7 +112,8 @@ impl LeaseConfig {
 /// This process's place in the election.
 pub struct Leadership {
     config: LeaseConfig,
-    state: watch::Receiver<bool>,
+    /// The term this process leads in, `None` while it does not.
+    state: watch::Receiver<Option<u64>>,
     stop: CancellationToken,
     /// Taken by `step_down`; aborted on drop otherwise.
     task: Option<JoinHandle<()>>,
@@ -127,7 +133,7 @@ impl Leadership {
                     name: config.name.clone(),
                     source,
                 })?;
-        let (leading, state) = watch::channel(false);
+        let (leading, state) = watch::channel(None);
         let (events, seen_events) = mpsc::channel(16);
         let watcher = AbortOnDrop(tokio::spawn(watch_lease(
             api.clone(),
@@ -155,21 +161,19 @@ impl Leadership {
         })
     }
 
-    /// Returns once this process holds the Lease.
-    pub async fn acquired(&mut self) -> Result<(), StartupError> {
-        let acquired = self.state.wait_for(|leader| *leader).await.is_ok();
-        if acquired {
-            Ok(())
-        } else {
-            Err(self.lost_error())
-        }
+    /// Returns once this process holds the Lease, with the number of this
+    /// term; an error only if the election task has ended.
+    pub async fn acquired(&mut self) -> Result<u64, StartupError> {
+        let term = self.state.wait_for(Option::is_some).await.map(|term| *term);
+        term.map(Option::unwrap_or_default)
+            .map_err(|_| self.lost_error())
     }
 
-    /// Returns once this process no longer holds the Lease (another took
-    /// it, it could not be renewed in time, or the election task ended).
-    pub async fn lost(&mut self) -> StartupError {
-        let _ = self.state.wait_for(|leader| !*leader).await;
-        self.lost_error()
+    /// Returns once `term` is over: another took the Lease, it could not be
+    /// renewed in time, or the election task ended. The process stays a
+    /// candidate: `acquired` returns when it leads again.
+    pub async fn lost(&mut self, term: u64) {
+        let _ = self.state.wait_for(|now| *now != Some(term)).await;
     }
 
     /// Leaves the election, releasing the Lease if held, so a standby can
@@ -276,7 +280,7 @@ struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     seen: Seen,
-    leading: watch::Sender<bool>,
+    leading: watch::Sender<Option<u64>>,
     /// Every state of the Lease the watch delivers (`None`: deleted).
     events: mpsc::Receiver<Option<Lease>>,
     stop: CancellationToken,
@@ -285,20 +289,25 @@ struct Elector {
 
 impl Elector {
     async fn run(mut self) {
-        let Some(renewed) = self.campaign().await else {
-            return;
-        };
-        tracing::info!(identity = %self.config.identity, "acquired the leader Lease");
-        self.leading.send_replace(true);
-        match self.lead(renewed).await {
-            Ended::Stopped => match self.release().await {
-                Ok(true) => tracing::info!("released the leader Lease"),
-                Ok(false) => tracing::info!("the leader Lease was no longer ours to release"),
-                Err(e) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
-            },
-            Ended::Lost(why) => {
-                tracing::warn!(reason = %why, "lost leadership; stopping");
-                self.leading.send_replace(false);
+        for term in 1.. {
+            let Some(renewed) = self.campaign().await else {
+                return;
+            };
+            tracing::info!(identity = %self.config.identity, term, "acquired the leader Lease");
+            self.leading.send_replace(Some(term));
+            match self.lead(renewed).await {
+                Ended::Stopped => {
+                    match self.release().await {
+                        Ok(true) => tracing::info!("released the leader Lease"),
+                        Ok(false) => tracing::info!("the leader Lease was no longer ours to release"),
+                        Err(e) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
+                    }
+                    return;
+                }
+                Ended::Lost(why) => {
+                    tracing::warn!(reason = %why, "lost leadership; standing by to lead again");
+                    self.leading.send_replace(None);
+                }
             }
         }
     }

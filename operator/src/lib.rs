@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 pub use cli::Args;
 pub use error::{DatasourceError, ReconcileError, StartupError};
 
-/// Runs the operator until SIGTERM/SIGINT (`Ok`) or a fatal error, such as
-/// losing leadership (`Err`: the process should exit and be restarted).
+/// Runs the operator until SIGTERM/SIGINT (`Ok`) or a fatal error (`Err`:
+/// the process should exit and be restarted). Losing leadership is not
+/// fatal: the process stands by and leads again when it can.
 pub async fn run(args: Args) -> Result<(), StartupError> {
     let lease = args.lease();
     lease.check().map_err(StartupError::InvalidFlags)?;
@@ -94,45 +95,54 @@ pub async fn run(args: Args) -> Result<(), StartupError> {
         }
         None => state.set_ready(true),
     }
-    tracing::info!(
-        lease = %format!("{}/{}", lease.namespace, lease.name),
-        identity = %lease.identity,
-        "waiting to become leader"
-    );
-    tokio::select! {
-        acquired = leadership.acquired() => acquired?,
-        _ = shutdown.cancelled() => {
-            leadership.step_down().await;
-            return Ok(());
-        }
-    }
-    state.metrics.leader.set(1);
-    tracing::info!(identity = %lease.identity, "became leader; reconciling");
-
-    let mut ctx = controller::Context::new(client, state.metrics.clone(), &lease.identity);
+    let mut ctx = controller::Context::new(client.clone(), state.metrics.clone(), &lease.identity);
     ctx.oauth = oauth;
     let ctx = Arc::new(ctx);
     let scope = controller::Scope {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
     };
-    if let Some(webhook) = webhook {
-        let client = ctx.client.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move { webhook.lead(client, stop).await });
-    }
-    let controller = controller::run(ctx, scope, shutdown.clone());
-    tokio::select! {
-        _ = controller => {
-            tracing::info!("controller stopped");
-            leadership.step_down().await;
-            Ok(())
+    // One pass per term of leadership: a leader that loses the Lease (an
+    // API server down for longer than the renew deadline, or a partition)
+    // stops reconciling at once and stands by in the same process, so an
+    // outage costs no restart.
+    loop {
+        tracing::info!(
+            lease = %format!("{}/{}", lease.namespace, lease.name),
+            identity = %lease.identity,
+            "waiting to become leader"
+        );
+        let term = tokio::select! {
+            acquired = leadership.acquired() => acquired?,
+            _ = shutdown.cancelled() => {
+                leadership.step_down().await;
+                return Ok(());
+            }
+        };
+        state.metrics.leader.set(1);
+        tracing::info!(identity = %lease.identity, term, "became leader; reconciling");
+
+        let leading = shutdown.child_token();
+        if let Some(webhook) = webhook.clone() {
+            let client = client.clone();
+            let stop = leading.clone();
+            tokio::spawn(async move { webhook.lead(client, stop).await });
         }
-        lost = leadership.lost() => {
-            // Another replica may already reconcile: stop at once.
-            state.metrics.leader.set(0);
-            shutdown.cancel();
-            Err(lost)
+        let controller = controller::run(ctx.clone(), scope.clone(), leading.clone());
+        tokio::select! {
+            _ = controller => {
+                tracing::info!("controller stopped");
+                leadership.step_down().await;
+                return Ok(());
+            }
+            () = leadership.lost(term) => {
+                // Another replica may already reconcile: the controller is
+                // dropped here, mid-reconcile if need be, and the webhook's
+                // maintenance stops.
+                leading.cancel();
+                state.metrics.leader.set(0);
+                tracing::warn!(term, "stopped reconciling: no longer the leader");
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! reconciles, a standby takes over promptly when the leader stops (at once
 //! after a graceful stop, as soon as the claim expires after a kill),
 //! candidates racing for one Lease never both lead, and a leader whose
-//! Lease is taken stops. Each test uses its own namespace and Lease.
+//! Lease is taken stops reconciling and stands by. Each test uses its own namespace and Lease.
 //!
 //! Needs the test bed: run with `scripts/test`, or set
 //! SIDEKEY_TEST_KUBECONFIG (see `scripts/kube-testbed.sh`).
@@ -271,7 +271,7 @@ async fn three_standbys_of_a_killed_leader_elect_exactly_one_successor() {
 }
 
 #[tokio::test]
-async fn leader_whose_lease_is_taken_stops_reconciling_and_exits() {
+async fn leader_whose_lease_is_taken_stops_reconciling_and_leads_again_once_it_is_free() {
     let bed = Bed::new("op-le-lost").await;
     let lease = "le-lost";
     let mut leader = bed.start_operator(options("operator-a", lease));
@@ -293,17 +293,46 @@ async fn leader_whose_lease_is_taken_stops_reconciling_and_exits() {
         .patch(lease, &PatchParams::default(), &Patch::Merge(&steal))
         .await
         .expect("taking the Lease");
-
-    let status = leader.wait_exit().await;
-    assert!(
-        !status.success(),
-        "losing leadership exits non-zero, got {status}"
-    );
+    sidekey_tests::wait_for("operator-a to stop reconciling", WAIT, || async {
+        leader
+            .logs()
+            .contains("stopped reconciling: no longer the leader")
+            .then_some(())
+    })
+    .await;
     assert!(
         leader.logs().contains("lost leadership"),
         "{}",
         leader.logs()
     );
+
+    // A standby now, in the same process: a new datasource waits.
+    assert!(leader.is_running(), "{}", leader.logs());
+    bed.create_datasource("metadata: { name: while-standing-by }\nspec: { url: 'https://h' }\n")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2 * RETRY_PERIOD_SECONDS + 1)).await;
+    let ds = bed
+        .datasources()
+        .get("while-standing-by")
+        .await
+        .expect("get");
+    assert!(
+        support::ready(&ds).is_none(),
+        "a standby reconciled: {:?}",
+        ds.status
+    );
+
+    // The intruder lets go: the same process leads again and catches up.
+    let release = serde_json::json!({"spec": {"holderIdentity": null}});
+    leases(&bed)
+        .patch(lease, &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .expect("releasing the Lease");
+    bed.wait_ready("while-standing-by", "True", "Reconciled")
+        .await;
+    assert_eq!(holder(&bed, lease).await.as_deref(), Some("operator-a"));
+    assert_eq!(leader.logs().matches("became leader").count(), 2);
+    assert!(leader.is_running(), "{}", leader.logs());
 }
 
 /// A TCP proxy in front of the API server that can stop passing bytes,
@@ -366,27 +395,6 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
-/// The API server's address, from the operator's kubeconfig.
-fn api_server(bed: &Bed) -> (String, std::net::SocketAddr) {
-    let text = std::fs::read_to_string(&bed.kubeconfig).expect("kubeconfig");
-    let start = text.find("https://").expect("server URL") + "https://".len();
-    let end = start + text[start..].find('\'').expect("quoted server URL");
-    let server = text[start..end].parse().expect("server address");
-    (text, server)
-}
-
-/// The operator's kubeconfig with the API server replaced by `proxy`.
-fn kubeconfig_through(
-    bed: &Bed,
-    proxy: std::net::SocketAddr,
-    dir: &std::path::Path,
-) -> std::path::PathBuf {
-    let (text, server) = api_server(bed);
-    let path = dir.join("kubeconfig-proxied");
-    std::fs::write(&path, text.replace(&server.to_string(), &proxy.to_string())).expect("write");
-    path
-}
-
 async fn renew_time(bed: &Bed, lease: &str) -> Option<MicroTime> {
     leases(bed).get_opt(lease).await.ok()??.spec?.renew_time
 }
@@ -396,8 +404,8 @@ async fn the_leader_keeps_leading_through_a_five_second_api_server_pause() {
     let bed = Bed::new("op-le-pause").await;
     let lease = "le-pause";
     let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = PausableProxy::start(api_server(&bed).1).await;
-    let kubeconfig = kubeconfig_through(&bed, proxy.addr, dir.path());
+    let proxy = PausableProxy::start(bed.api_server()).await;
+    let kubeconfig = bed.kubeconfig_through(proxy.addr, dir.path());
     // The default timing: a 15 s lease.
     let leader = bed.start_operator(OperatorOptions {
         identity: "operator-a".into(),

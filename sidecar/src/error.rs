@@ -13,6 +13,11 @@
 //!   [`status`](RequestError::status) and a JSON body `{"error": code,
 //!   "reason": sentence}`.
 //!
+//! - [`BodyError`]: the upstream's response body failed after its head
+//!   was passed to the app. The app's response body ends with it (the app
+//!   cannot take the cut body for a whole one); it is logged and counted
+//!   by its [`reason`](BodyError::reason).
+//!
 //! Each error's message names files, secrets and keys, never secret
 //! values, and leaves out the error it wraps: that is its `source()`, and
 //! [`chain`] gives the whole sentence, as logs and error bodies show it.
@@ -333,6 +338,44 @@ impl RequestError {
         response
     }
 }
+
+/// The upstream's response body failed part way; the app's response
+/// body ends with this error.
+#[derive(Debug, Error)]
+pub enum BodyError {
+    #[error("the upstream's response body failed")]
+    Upstream(#[source] hyper::Error),
+    #[error("the upstream's response body sent nothing for {}s", after.as_secs_f64())]
+    IdleTimeout { after: Duration },
+}
+
+impl BodyError {
+    /// Why, as the `reason` label of `sidekey_upstream_body_errors_total`:
+    /// one of [`BODY_ERROR_REASONS`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::IdleTimeout { .. } => "idle_timeout",
+            Self::Upstream(e) if e.is_incomplete_message() => "incomplete",
+            Self::Upstream(e) => {
+                let reset = crate::upstream::find::<io::Error>(e).is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::BrokenPipe
+                    )
+                });
+                if reset { "reset" } else { "failed" }
+            }
+        }
+    }
+}
+
+/// Every [`BodyError::reason`]: `incomplete`, the connection closed before
+/// the announced length; `reset`, it was reset; `idle_timeout`,
+/// `--upstream-body-idle-timeout` passed without a byte; `failed`, any
+/// other error (an HTTP/2 stream reset, a framing error).
+pub const BODY_ERROR_REASONS: [&str; 4] = ["incomplete", "reset", "idle_timeout", "failed"];
 
 pub use sidekey_plumbing::chain::chain;
 

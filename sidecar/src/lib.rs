@@ -112,6 +112,7 @@ pub async fn start(options: &Options) -> Result<Running, StartupError> {
     let timeouts = Timeouts {
         connect: options.connect_timeout(),
         upstream: options.upstream_timeout(),
+        body_idle: options.upstream_body_idle_timeout(),
         token: options.token_timeout(),
     };
     let mut read = Vec::with_capacity(options.datasource.len());

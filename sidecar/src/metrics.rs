@@ -28,6 +28,14 @@ struct RequestLabels {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BodyErrorLabels {
+    datasource: String,
+    reason: &'static str,
+}
+
+const BODY_ERROR_REASONS: [&str; 4] = crate::error::BODY_ERROR_REASONS;
+
 type ExpiryGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -40,6 +48,7 @@ pub struct Registry {
     registry: prometheus_client::registry::Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_latency: Family<DatasourceLabel, Histogram, fn() -> Histogram>,
+    upstream_body_errors: Family<BodyErrorLabels, Counter>,
     token_fetches: Family<DatasourceLabel, Counter>,
     token_fetch_failures: Family<DatasourceLabel, Counter>,
     token_expiry: Family<DatasourceLabel, ExpiryGauge>,
@@ -67,6 +76,12 @@ impl Registry {
             "upstream_latency_seconds",
             "Time from sending a request upstream to its response headers",
             upstream_latency.clone(),
+        );
+        let upstream_body_errors = Family::default();
+        registry.register(
+            "upstream_body_errors",
+            "Upstream response bodies that failed after their head was passed on, cutting the app's response short",
+            upstream_body_errors.clone(),
         );
         let token_fetches = Family::default();
         registry.register(
@@ -102,6 +117,7 @@ impl Registry {
             registry,
             requests,
             upstream_latency,
+            upstream_body_errors,
             token_fetches,
             token_fetch_failures,
             token_expiry,
@@ -124,8 +140,17 @@ impl Registry {
                 })
                 .clone()
         });
+        let body_errors = BODY_ERROR_REASONS.map(|reason| {
+            self.upstream_body_errors
+                .get_or_create(&BodyErrorLabels {
+                    datasource: name.to_owned(),
+                    reason,
+                })
+                .clone()
+        });
         Metrics {
             by_class,
+            body_errors,
             upstream_latency: self.upstream_latency.get_or_create(&label).clone(),
             token_fetches: self.token_fetches.get_or_create(&label).clone(),
             token_fetch_failures: self.token_fetch_failures.get_or_create(&label).clone(),
@@ -151,6 +176,8 @@ pub struct Metrics {
     /// Requests by status class, resolved once so a request only counts.
     by_class: [Counter; 5],
     upstream_latency: Histogram,
+    /// By reason, in the order of [`BODY_ERROR_REASONS`].
+    body_errors: [Counter; 4],
     pub token_fetches: Counter,
     pub token_fetch_failures: Counter,
     token_expiry: ExpiryGauge,
@@ -166,6 +193,14 @@ impl Metrics {
 
     pub fn upstream_answered(&self, latency: Duration) {
         self.upstream_latency.observe(latency.as_secs_f64());
+    }
+
+    /// An upstream response body failed with `reason`, one of
+    /// [`crate::error::BODY_ERROR_REASONS`].
+    pub fn upstream_body_failed(&self, reason: &str) {
+        if let Some(i) = BODY_ERROR_REASONS.iter().position(|r| *r == reason) {
+            self.body_errors[i].inc();
+        }
     }
 
     /// The token expiry as of now, for the next rendering.
@@ -189,6 +224,7 @@ mod tests {
         crm.request_answered(http::StatusCode::BAD_GATEWAY);
         payments.set_token_expiry(Some(Duration::from_secs(5)));
         crm.set_token_expiry(None);
+        crm.upstream_body_failed("idle_timeout");
         let text = registry.render();
         for sample in [
             "sidekey_requests_total{datasource=\"payments\",class=\"2xx\"} 1",
@@ -197,6 +233,8 @@ mod tests {
             "sidekey_token_expiry_seconds{datasource=\"payments\"} 5.0",
             "sidekey_token_expiry_seconds{datasource=\"crm\"} 0.0",
             "sidekey_config_reloads_total{datasource=\"crm\"} 0",
+            "sidekey_upstream_body_errors_total{datasource=\"crm\",reason=\"idle_timeout\"} 1",
+            "sidekey_upstream_body_errors_total{datasource=\"payments\",reason=\"reset\"} 0",
         ] {
             assert!(text.lines().any(|l| l == sample), "{sample} in:\n{text}");
         }
@@ -217,6 +255,6 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(types.len(), unique.len(), "{text}");
-        assert_eq!(types.len(), 7, "{text}");
+        assert_eq!(types.len(), 8, "{text}");
     }
 }

@@ -47,6 +47,19 @@ pub struct Options {
     #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
     pub upstream_timeout: f64,
 
+    /// How long the upstream's response body may send nothing, in seconds: once
+    /// its head is in, a body that stalls this long is cut, the app's response
+    /// ends with an error (never as if complete) and the upstream connection
+    /// is dropped. Counted from when the app is ready for more and the
+    /// upstream has nothing, so a slow app does not count against it.
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        value_parser = positive_seconds,
+        env = "SIDEKEY_UPSTREAM_BODY_IDLE_TIMEOUT"
+    )]
+    pub upstream_body_idle_timeout: f64,
+
     /// How long to wait for a TCP connection and TLS handshake to the upstream, in seconds.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     pub connect_timeout: f64,
@@ -112,6 +125,9 @@ impl Options {
 
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.upstream_timeout)
+    }
+    pub fn upstream_body_idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.upstream_body_idle_timeout)
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.connect_timeout)

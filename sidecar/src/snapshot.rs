@@ -22,6 +22,8 @@ use crate::upstream::Upstream;
 pub struct Timeouts {
     pub connect: Duration,
     pub upstream: Duration,
+    /// Between two reads of the upstream's response body.
+    pub body_idle: Duration,
     pub token: Duration,
 }
 

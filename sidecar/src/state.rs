@@ -58,6 +58,7 @@ pub mod testing {
         let timeouts = Timeouts {
             connect: second,
             upstream: second,
+            body_idle: second,
             token: second,
         };
         let metrics = registry.datasource(name);

@@ -174,7 +174,7 @@ fn classify(e: hyper_util::client::legacy::Error, timeout: Duration) -> RequestE
 
 /// The first error of type `T` in `e`'s chain, looking inside `io::Error`s
 /// too (their `source()` skips the error they wrap).
-fn find<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+pub(crate) fn find<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
     let mut next = Some(e);
     while let Some(err) = next {
         if let Some(found) = err.downcast_ref::<T>() {

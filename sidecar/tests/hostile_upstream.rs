@@ -215,18 +215,62 @@ async fn reset_in_the_middle_of_a_body_aborts_the_apps_response_and_serving_goes
     );
 
     still_serves(&sidecar).await;
-    // The aborted response is logged only at debug, by the app's connection
-    // ("error from user's Body stream"), and counted by no metric.
+    // Logged once at warn, naming the datasource, and counted by reason.
     sidecar
-        .wait_for_log("connection ended with an error", Duration::from_secs(5))
+        .wait_for_log(
+            "the upstream's response body failed",
+            Duration::from_secs(5),
+        )
         .await;
-    // Counted by its status, 2xx: the head was a 200 when it was answered.
+    let warnings = body_failures(&sidecar);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["datasource"], "payments", "{}", warnings[0]);
+    assert_eq!(warnings[0]["level"], "WARN", "{}", warnings[0]);
+    assert_eq!(
+        body_errors(&sidecar).await,
+        [("reset", 1.0)],
+        "{}",
+        warnings[0]
+    );
+    // Also counted by its status, 2xx: the head was a 200 when it was
+    // answered.
     assert_eq!(
         sidecar
             .metric("sidekey_requests_total{datasource=\"payments\",class=\"2xx\"}")
             .await,
         2.0
     );
+}
+
+/// The JSON log lines saying an upstream body failed.
+fn body_failures(sidecar: &Sidecar) -> Vec<serde_json::Value> {
+    sidecar
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the upstream's response body failed"))
+        })
+        .collect()
+}
+
+/// The non-zero series of `sidekey_upstream_body_errors_total` of the
+/// datasource, by reason.
+async fn body_errors(sidecar: &Sidecar) -> Vec<(&'static str, f64)> {
+    let mut counted = Vec::new();
+    for reason in ["incomplete", "reset", "idle_timeout", "failed"] {
+        let value = sidecar
+            .metric(&format!(
+                "sidekey_upstream_body_errors_total{{datasource=\"payments\",reason=\"{reason}\"}}"
+            ))
+            .await;
+        if value != 0.0 {
+            counted.push((reason, value));
+        }
+    }
+    counted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,23 +302,48 @@ async fn an_upstream_that_never_answers_is_cut_by_the_upstream_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_never_ends_is_not_bounded_by_the_upstream_timeout() {
+async fn a_body_that_never_ends_is_cut_by_the_body_idle_timeout() {
     let pki = Pki::new("upstream");
     let upstream = hostile(
         http1(pki.server_config()),
         |path, mut tls, seen| async move {
-            if path != "/endless" {
-                return ok(tls).await;
+            match path.as_str() {
+                "/endless" => {
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+                        .await;
+                    hold(tls, seen).await;
+                }
+                // Slow but never idle as long as the timeout: a byte every
+                // 0.4 s, 2.4 s in all.
+                "/trickle" => {
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                    for _ in 0..6 {
+                        let _ = tls.flush().await;
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        let _ = tls.write_all(b"t").await;
+                    }
+                    let _ = tls.shutdown().await;
+                }
+                _ => ok(tls).await,
             }
-            let _ = tls
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
-                .await;
-            hold(tls, seen).await;
         },
     )
     .await;
     let ws = datasource(&pki.ca_pem, &upstream.url());
-    let sidecar = sidecar::start_with(&ws, &["--upstream-timeout", "1"]);
+    let sidecar = sidecar::start_with(
+        &ws,
+        &[
+            "--upstream-timeout",
+            "5",
+            "--upstream-body-idle-timeout",
+            "1",
+        ],
+    );
 
     let mut response = app()
         .get(sidecar.url("/endless"))
@@ -284,15 +353,35 @@ async fn a_body_that_never_ends_is_not_bounded_by_the_upstream_timeout() {
     assert_eq!(response.status(), 200);
     let first = response.chunk().await.expect("first chunk");
     assert_eq!(first.as_deref(), Some(&b"partial"[..]));
-    // --upstream-timeout bounds the wait for the response head only: three
-    // times past it, the body is still open and the app still waits.
-    let rest = tokio::time::timeout(Duration::from_secs(3), response.chunk()).await;
-    assert!(rest.is_err(), "the body ended: {rest:?}");
-    assert_eq!(upstream.seen.closed_by_sidecar.load(Ordering::SeqCst), 0);
-    // The app's own timeout is what ends it: when the app gives up, the
-    // sidecar closes the upstream connection too.
-    drop(response);
+    // --upstream-body-idle-timeout (1 s) ends it, well before the app's own
+    // timeout (60 s): with an error, not as if the body were whole.
+    let started = Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+        .await
+        .expect("the sidecar ends the body");
+    let elapsed = started.elapsed();
+    assert!(rest.is_err(), "the body ended as if whole: {rest:?}");
+    assert!(
+        elapsed >= Duration::from_millis(800) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    // The upstream connection is dropped with it.
     wait_until(|| upstream.seen.closed_by_sidecar.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(body_errors(&sidecar).await, [("idle_timeout", 1.0)]);
+    let warnings = body_failures(&sidecar);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["datasource"], "payments", "{}", warnings[0]);
+
+    // The timeout is between reads, not for the whole body: a body slower
+    // than it in all, but never silent that long, arrives whole.
+    let response = app()
+        .get(sidecar.url("/trickle"))
+        .send()
+        .await
+        .expect("head");
+    let body = response.bytes().await.expect("whole body");
+    assert_eq!(&body[..], b"tttttt");
+    assert_eq!(body_errors(&sidecar).await, [("idle_timeout", 1.0)]);
     still_serves(&sidecar).await;
 }
 

@@ -15,7 +15,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -131,4 +132,27 @@ pub fn example_manifests() -> Vec<(String, String)> {
         .collect();
     out.sort();
     out
+}
+
+/// A token of ServiceAccount `ns/name`, from the TokenRequest API: it works
+/// on every version the suite runs against, where token Secrets are no
+/// longer created on their own from Kubernetes 1.24.
+pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> String {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            // Longer than any run; API servers may shorten it.
+            expiration_seconds: Some(24 * 60 * 60),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let issued = api
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("requesting a token of ServiceAccount {ns}/{name}: {e}"));
+    issued
+        .status
+        .and_then(|s| s.token)
+        .unwrap_or_else(|| panic!("the TokenRequest for {ns}/{name} came back without a token"))
 }

@@ -297,7 +297,13 @@ impl Webhook {
         .touched_objects();
         let mut changes = std::pin::pin!(changes);
         loop {
-            let wait = match self.maintain(&client, &publish).await {
+            // Cancelled mid-write too: a leader that lost the Lease stops
+            // at once, as its controller does.
+            let maintained = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                maintained = self.maintain(&client, &publish) => maintained,
+            };
+            let wait = match maintained {
                 Ok(()) => MAINTAIN_INTERVAL,
                 Err(e) => {
                     tracing::warn!(error = %Chain(&e), "webhook: keeping the configuration failed; retrying");

@@ -177,6 +177,24 @@ impl Bed {
         .await
     }
 
+    /// The API server's address, from the operator's kubeconfig.
+    pub fn api_server(&self) -> SocketAddr {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let start = text.find("https://").expect("server URL") + "https://".len();
+        let end = start + text[start..].find('\'').expect("quoted server URL");
+        text[start..end].parse().expect("server address")
+    }
+
+    /// The operator's kubeconfig with the API server replaced by `proxy`,
+    /// written into `dir`.
+    pub fn kubeconfig_through(&self, proxy: SocketAddr, dir: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let path = dir.join("kubeconfig-proxied");
+        let text = text.replace(&self.api_server().to_string(), &proxy.to_string());
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
     /// Starts the operator on this namespace, as its ServiceAccount.
     pub fn start_operator(&self, opts: OperatorOptions) -> Operator {
         Operator::start(self, opts)
@@ -297,16 +315,7 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
         .await
         .expect("creating ClusterRoleBinding");
 
-    // kube-controller-manager's token controller writes the token Secret.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    sidekey_tests::wait_for("the operator ServiceAccount's token", WAIT, || async {
-        let sa = sas.get(sa_name).await.ok()?;
-        let secret_name = sa.secrets?.first()?.name.clone()?;
-        let secret = secrets.get(&secret_name).await.ok()?;
-        let token = secret.data?.remove("token")?;
-        String::from_utf8(token.0).ok()
-    })
-    .await
+    sidekey_tests::service_account_token(client, ns, sa_name).await
 }
 
 fn typed<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
@@ -440,6 +449,11 @@ impl Operator {
     /// SIGKILL: the process stops without releasing anything.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("killing operator");
+    }
+
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the process to exit on its own.
