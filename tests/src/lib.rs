@@ -76,12 +76,18 @@ pub async fn ensure_crd(client: &Client) {
         .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
 }
 
+/// The label on every namespace the tests create: on a cluster of one's
+/// own, `kubectl delete namespace -l sidekey.dev/test` removes them.
+pub const TEST_NAMESPACE_LABEL: &str = "sidekey.dev/test";
+
 /// Creates a fresh namespace `<prefix>-<random>` and returns its name.
+/// It is left after the test, for a failure to be looked into.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{:08x}", rand::random::<u32>());
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.clone()),
+            labels: Some([(TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned())].into()),
             ..Default::default()
         },
         ..Default::default()
