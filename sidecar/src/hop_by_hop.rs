@@ -50,6 +50,13 @@ fn strip_hops(headers: &mut HeaderMap, request: bool) {
             (Some(name), None) if request && name == header::TE && only_trailers(headers) => {
                 return;
             }
+            // `Connection: keep-alive` (or `close`), which nginx sends on
+            // every response: it names no header but the absent
+            // `Keep-Alive`, so removing it is all there is to do.
+            (Some(name), None) if name == header::CONNECTION && names_no_header(headers) => {
+                headers.remove(header::CONNECTION);
+                return;
+            }
             _ => {}
         }
     }
@@ -75,6 +82,16 @@ fn strip_hops(headers: &mut HeaderMap, request: bool) {
         // sidecar passes the upstream's trailers on.
         headers.insert(header::TE, TRAILERS);
     }
+}
+
+/// Whether every `Connection` token is `keep-alive` or `close`.
+fn names_no_header(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().all(|v| {
+        v.as_bytes().split(|&b| b == b',').all(|token| {
+            let token = token.trim_ascii();
+            token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
+        })
+    })
 }
 
 /// Whether the TE header is exactly one `trailers`, ready to go on as is.
@@ -108,6 +125,27 @@ mod tests {
         strip(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_keep_alive_or_close_alone_goes_and_nothing_else() {
+        for value in ["keep-alive", "Keep-Alive", "close", "keep-alive, close"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(value));
+            h.insert("x-app", HeaderValue::from_static("1"));
+            strip_response(&mut h);
+            assert!(!h.contains_key(header::CONNECTION), "{value}");
+            assert_eq!(h.len(), 1, "{value}");
+        }
+        // A token naming a present header still removes it.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        strip_response(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
