@@ -43,6 +43,7 @@ use kube::{Api, Client};
 use rbac_recorder::{Access, Recorder};
 use serde_json::{Value, json};
 use sidekey_crds::names;
+use sidekey_tests::kubelet::sidecar_of;
 use support::{WAIT, free_ports, http_get};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -890,17 +891,6 @@ fn bed_server() -> (String, Vec<u8>) {
         .decode(ca.trim())
         .expect("certificate-authority-data is base64");
     (cluster.server.expect("server"), ca)
-}
-
-/// The injected sidecar of a stored pod (a container, or an init container
-/// on clusters with native sidecars).
-fn sidecar_of(pod: &Pod) -> Option<Container> {
-    let spec = pod.spec.as_ref()?;
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .find(|c| c.name == names::SIDECAR_CONTAINER)
-        .cloned()
 }
 
 /// The operator binary run here in place of a pod; killed when dropped.

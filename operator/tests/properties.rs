@@ -15,18 +15,8 @@ use sidekey_oauth::tls::{CaBundle, client_config};
 use sidekey_operator::validate::count_certificates;
 use sidekey_operator::webhook::annotation::assign;
 
-/// The CI budget: 512 cases a property unless `PROPTEST_CASES` says more.
-/// Failures are not persisted to files: each one found becomes a plain
-/// unit test instead.
 fn config() -> Config {
-    let mut config = Config {
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = 512;
-    }
-    config
+    sidekey_tests::proptest_config(512)
 }
 
 /// Every reason `assign` may refuse with: a refusal outside this list is

@@ -15,18 +15,8 @@ use sidekey_crds::{
 use sidekey_sidecar::outgoing::{Outgoing, Target};
 use url::form_urlencoded;
 
-/// The CI budget: 512 cases a property unless `PROPTEST_CASES` says more.
-/// Failures are not persisted to files: each one found is kept as a plain
-/// unit test instead.
 fn config() -> Config {
-    let mut config = Config {
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = 512;
-    }
-    config
+    sidekey_tests::proptest_config(512)
 }
 
 fn datasource(url: &str, query_parameters: Vec<NameValue>) -> ResolvedDatasource {

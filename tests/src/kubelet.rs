@@ -372,6 +372,17 @@ async fn source_data(
 /// (alone, or as the value of `--flag=PATH`; a directory holding mounts,
 /// like the sidecar's `--secrets-dir`, counts) moved under `root`, where
 /// the volumes were laid out.
+/// The injected sidecar of a stored pod: a container, or an init container
+/// on clusters with native sidecars.
+pub fn sidecar_of(pod: &Pod) -> Option<Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == sidekey_crds::names::SIDECAR_CONTAINER)
+        .cloned()
+}
+
 pub fn rooted_args(root: &Path, mounts: &[VolumeMount], args: &[String]) -> Vec<String> {
     let within =
         |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));

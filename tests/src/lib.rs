@@ -11,6 +11,20 @@ pub mod browser;
 pub mod kubelet;
 pub mod oauth_server;
 
+/// The property tests' budget in CI: `cases` a property unless
+/// `PROPTEST_CASES` says more. Failures are not persisted to files: each one
+/// found becomes a plain unit test instead.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let mut config = proptest::test_runner::Config {
+        failure_persistence: None,
+        ..Default::default()
+    };
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = cases;
+    }
+    config
+}
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -14,10 +14,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use sidekey_crds::names;
-use sidekey_tests::kubelet::{KubeletError, lay_out_container, rooted_args};
+use sidekey_tests::kubelet::{KubeletError, lay_out_container, rooted_args, sidecar_of};
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
@@ -46,17 +46,6 @@ enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The injected sidecar: a container, or an init container on clusters
-/// with native sidecars.
-fn sidecar_of(pod: &Pod) -> Option<Container> {
-    let spec = pod.spec.as_ref()?;
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .find(|c| c.name == names::SIDECAR_CONTAINER)
-        .cloned()
 }
 
 /// The sidecar binary: the one given, else the one built beside this
