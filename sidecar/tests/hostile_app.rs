@@ -145,6 +145,56 @@ async fn more_than_100_headers_get_431_and_reach_nothing() {
     assert_eq!(upstream_requests(&upstream), 1);
 }
 
+/// A keep-alive connection that sends nothing after its first request is
+/// closed once the header-read timeout (30 s, to the next second) passes
+/// without the next request's head. This test takes half a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed_after_30_s() {
+    let (upstream, _ws, sidecar) = setup("").await;
+    let mut stream = TcpStream::connect(sidecar.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answered = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The response: its head, then as many body bytes as it announces.
+    let complete = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .expect("a content-length");
+        body.len() >= length
+    };
+    while !complete(&answered) {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before answering");
+        answered.extend_from_slice(&buf[..n]);
+    }
+    let idle_from = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(45), stream.read(&mut buf)).await;
+    let idle = idle_from.elapsed();
+    match outcome {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("sent: {}", String::from_utf8_lossy(&buf[..n])),
+        Err(_) => panic!("still open after 45 s idle"),
+    }
+    assert!(
+        idle >= Duration::from_secs(29) && idle < Duration::from_secs(33),
+        "closed after {idle:?} idle"
+    );
+    assert_eq!(upstream_requests(&upstream), 1);
+}
+
 /// Slowloris: a byte every two seconds never completes the head; the
 /// header-read timeout (30 s, counted from the first byte, not reset by
 /// each one) closes the connection. This test takes half a minute.
