@@ -15,8 +15,14 @@ use sidekey_oauth::tls::{CaBundle, client_config};
 use sidekey_operator::validate::count_certificates;
 use sidekey_operator::webhook::annotation::assign;
 
+/// 512 cases a property in CI. Failures are not persisted to files: each
+/// one found becomes a plain unit test instead.
 fn config() -> Config {
-    sidekey_tests::proptest_config(512)
+    Config {
+        cases: sidekey_tests::proptest_cases(512),
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
 
 /// Every reason `assign` may refuse with: a refusal outside this list is

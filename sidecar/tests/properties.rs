@@ -15,8 +15,14 @@ use sidekey_crds::{
 use sidekey_sidecar::outgoing::{Outgoing, Target};
 use url::form_urlencoded;
 
+/// 512 cases a property in CI. Failures are not persisted to files: each
+/// one found becomes a plain unit test instead.
 fn config() -> Config {
-    sidekey_tests::proptest_config(512)
+    Config {
+        cases: sidekey_tests::proptest_cases(512),
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
 
 fn datasource(url: &str, query_parameters: Vec<NameValue>) -> ResolvedDatasource {
