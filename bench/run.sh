@@ -277,7 +277,7 @@ parse_ms() { # "1.23ms" -> 1.23
 # the highest req/s is reported (other agents' bursts on a shared machine only
 # ever lower a figure), and every round's req/s is listed beside it.
 SCENARIOS=(direct nginx1 bearer1 oauth1 nginxauto bearerauto oauthauto)
-declare -A LABEL RPS P50 P99 ERRORS CPU UP_CPU CPU_US RSS STATUS ROUNDS THREADS TLS
+declare -A LABEL RPS P50 P99 ERRORS CPU UP_CPU CPU_US SYSCALLS RSS STATUS ROUNDS THREADS TLS
 
 # run_wrk file [wrk args...]: wrk pinned to the load CPU, output to file. It
 # runs in the background and is waited for, so that INT/TERM stop the bench
@@ -299,21 +299,26 @@ measure() {
     local key=$1 ppid=$2 url=$3; shift 3
     local label=${LABEL[$key]}
     log "$label: warm-up ${WARMUP}s"
-    local profiling="" targets="" stat_pid=""
-    if [ "${BENCH_PERF:-0}" = 1 ] && [ "$ppid" != - ]; then
-        # Diagnosis only (the figures of such a run are not for publishing):
-        # the proxy's system calls counted over the whole warm-up (exact
+    local profiling="" targets="" stat_pid="" events=raw_syscalls:sys_enter
+    [ "${BENCH_PERF:-0}" = 1 ] && [ "$ppid" != - ] && profiling=1 events=$SYSCALL_EVENTS
+    rm -f "$TMP/syscalls-$key.csv"
+    if [ "$HAVE_PERF" = 1 ] && [ "$ppid" != - ]; then
+        # The proxy's system calls, counted over the whole warm-up (exact
         # in-kernel counters, but they slow every call, so not while
-        # measuring), then its CPU profile during the measured run.
-        profiling=1
+        # measuring); with BENCH_PERF=1 each call by name, then its CPU
+        # profile during the measured run (diagnosis only: such a run's
+        # figures are not for publishing).
         targets=$({ echo "$ppid"; pgrep -P "$ppid" || true; } | paste -sd, -)
-        perf stat -x, -p "$targets" -o "$TMP/syscalls-$key.csv" -e "$SYSCALL_EVENTS" -- sleep "$((WARMUP + 1))" >/dev/null 2>&1 &
+        perf stat -x, -p "$targets" -o "$TMP/syscalls-$key.csv" -e "$events" -- sleep "$((WARMUP + 1))" >/dev/null 2>&1 &
         stat_pid=$!
         PIDS+=("$stat_pid")
         sleep 0.5
     fi
     run_wrk "$TMP/wrk-warm.txt" -d "${WARMUP}s" "$@" "$url" || true
     if [ -n "$stat_pid" ]; then wait "$stat_pid" 2>/dev/null || true; forget_pid "$stat_pid"; fi
+    MEASURED_SYSCALLS=$(awk -F, -v n="$(awk '/requests in/ {print $1}' "$TMP/wrk-warm.txt")" '
+        $3 == "raw_syscalls:sys_enter" && $1 ~ /^[0-9]+$/ && n > 0 { printf "%.2f", $1 / n; found = 1 }
+        END { if (!found) print "n/a" }' "$TMP/syscalls-$key.csv" 2>/dev/null || echo n/a)
     local t0=0 t1=0 u0 u1 out
     [ "$ppid" = - ] || t0=$(cpu_ticks "$ppid")
     u0=$(cpu_ticks "$UP_PID")
@@ -355,6 +360,9 @@ measure() {
     log "$label: $MEASURED_RPS req/s, p50 $MEASURED_P50 ms, p99 $MEASURED_P99 ms, errors $MEASURED_ERRORS, proxy CPU $MEASURED_CPU ($MEASURED_CPU_US µs/req), upstream CPU $MEASURED_UP_CPU"
 }
 
+# perf counts the proxies' system calls where the kernel lets it.
+HAVE_PERF=0
+command -v perf >/dev/null 2>&1 && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1 && HAVE_PERF=1
 SYSCALL_EVENTS=raw_syscalls:sys_enter
 for call in read write readv writev recvfrom sendto recvmsg sendmsg getsockopt setsockopt \
     epoll_wait epoll_ctl futex close accept4 sched_yield; do
@@ -413,6 +421,7 @@ keep() {
     if [ -z "${RPS[$key]:-}" ] || [ "$MEASURED_RPS" -gt "${RPS[$key]}" ]; then
         RPS[$key]=$MEASURED_RPS P50[$key]=$MEASURED_P50 P99[$key]=$MEASURED_P99
         ERRORS[$key]=$MEASURED_ERRORS CPU[$key]=$MEASURED_CPU UP_CPU[$key]=$MEASURED_UP_CPU CPU_US[$key]=$MEASURED_CPU_US
+        SYSCALLS[$key]=$MEASURED_SYSCALLS
         RSS[$key]=$rss
     fi
 }
@@ -705,25 +714,26 @@ GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "Machine: $NCPU CPUs ($CPU_MODEL), load average $LOADAVG_BEFORE before, $LOADAVG_AFTER after."
     echo "$NGINX_VERSION; wrk $WRK_VERSION with $WRK_THREADS thread and $CONNECTIONS connections, $WARMUP s warm-up then $DURATION s, on CPU $LOAD_CPU; the upstream (nginx, 1 worker, TLS 1.2 or 1.3 as negotiated, ECDSA P-256, keep-alive) on CPU $UPSTREAM_CPU."
     echo
-    echo "| scenario | req/s | req/s each round | p50 ms | p99 ms | errors | proxy CPU | proxy CPU µs/req | upstream CPU | upstream TLS | proxy threads / workers | proxy RSS idle → peak |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
+    echo "| scenario | req/s | req/s each round | p50 ms | p99 ms | errors | proxy CPU | proxy CPU µs/req | proxy syscalls/req | upstream CPU | upstream TLS | proxy threads / workers | proxy RSS idle → peak |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"
     for key in "${SCENARIOS[@]}"; do
         if [ -n "${RPS[$key]:-}" ]; then
-            echo "| ${LABEL[$key]} | ${RPS[$key]} | ${ROUNDS[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRORS[$key]} | ${CPU[$key]} | ${CPU_US[$key]} | ${UP_CPU[$key]} | ${TLS[$key]:-?} | ${THREADS[$key]:-n/a} | ${RSS[$key]} |"
+            echo "| ${LABEL[$key]} | ${RPS[$key]} | ${ROUNDS[$key]} | ${P50[$key]} | ${P99[$key]} | ${ERRORS[$key]} | ${CPU[$key]} | ${CPU_US[$key]} | ${SYSCALLS[$key]:-n/a} | ${UP_CPU[$key]} | ${TLS[$key]:-?} | ${THREADS[$key]:-n/a} | ${RSS[$key]} |"
         else
             if wanted "$key"; then
-                echo "| ${LABEL[$key]} | ${STATUS[$key]:-no figures (wrk failed)} | | | | | | | | | | |"
+                echo "| ${LABEL[$key]} | ${STATUS[$key]:-no figures (wrk failed)} | | | | | | | | | | | |"
             else
-                echo "| ${LABEL[$key]} | not run (BENCH_SCENARIOS) | | | | | | | | | | |"
+                echo "| ${LABEL[$key]} | not run (BENCH_SCENARIOS) | | | | | | | | | | | |"
             fi
         fi
     done
     echo
     echo "Throughput ratio sidekey bearer / nginx: **$(ratio bearer1 nginx1)** with 1 worker on 1 CPU, **$(ratio bearerauto nginxauto)** with default/auto workers."
     echo "Throughput ratio sidekey OAuth2 + signature / nginx: **$(ratio oauth1 nginx1)** with 1 worker on 1 CPU, **$(ratio oauthauto nginxauto)** with default/auto workers."
+    echo "System calls per request: nginx ${SYSCALLS[nginx1]:-n/a}, sidekey bearer ${SYSCALLS[bearer1]:-n/a}, sidekey OAuth2 + signature ${SYSCALLS[oauth1]:-n/a}, with 1 worker."
     echo "CPU per request sidekey bearer / nginx: $(ratio_of CPU_US bearer1 nginx1) with 1 worker, $(ratio_of CPU_US bearerauto nginxauto) with default/auto workers; sidekey OAuth2 + signature / nginx: $(ratio_of CPU_US oauth1 nginx1), $(ratio_of CPU_US oauthauto nginxauto)."
     echo
-    echo "req/s, p50, p99, errors, CPU and RSS are from the round with the highest req/s. Errors: non-2xx answers plus socket errors (the upstream answers 401 when the credentials are missing). Proxy CPU: CPU time the proxy's processes used during the measured run, in % of one CPU, and per request. RSS: VmRSS after start (idle) and VmHWM after the run (peak); for nginx the sum over master and workers. Threads: the sidecar's OS threads at idle, from /proc. Upstream TLS: the version the upstream saw negotiated by the row's client (curl for the direct row; wrk uses the same OpenSSL)."
+    echo "req/s, p50, p99, errors, CPU and RSS are from the round with the highest req/s. Errors: non-2xx answers plus socket errors (the upstream answers 401 when the credentials are missing). Proxy CPU: CPU time the proxy's processes used during the measured run, in % of one CPU, and per request. Syscalls/req: the proxy's system calls over the warm-up (perf stat, exact) per warm-up request ("n/a" where perf cannot count). RSS: VmRSS after start (idle) and VmHWM after the run (peak); for nginx the sum over master and workers. Threads: the sidecar's OS threads at idle, from /proc. Upstream TLS: the version the upstream saw negotiated by the row's client (curl for the direct row; wrk uses the same OpenSSL)."
 } >"$TMP/results.md"
 
 cat "$TMP/results.md"
