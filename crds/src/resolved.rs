@@ -405,11 +405,7 @@ impl ResolvedAuthentication {
         if text.is_empty() {
             return Err("it is empty".into());
         }
-        if in_header
-            && let Some(at) = text
-                .bytes()
-                .position(|b| b != b'\t' && (b < 0x20 || b == 0x7f))
-        {
+        if in_header && let Some(at) = text.bytes().position(|b| !is_field_value_byte(b)) {
             return Err(format!(
                 "byte {} is a control character, which an HTTP header cannot carry",
                 at + 1
@@ -656,11 +652,12 @@ fn check_header_name(field: &'static str, name: &str) -> Result<(), SpecError> {
 /// What `http` takes in a field value: no control character but tab
 /// (RFC 9110 field-vchar, SP, HTAB and obs-text). A newline would end the
 /// header; the sidecar could not build it.
+fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b >= b' ' && b != 0x7f)
+}
+
 fn check_header_value(field: &'static str, name: &str, value: &str) -> Result<(), SpecError> {
-    if value
-        .bytes()
-        .all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
-    {
+    if value.bytes().all(is_field_value_byte) {
         Ok(())
     } else {
         Err(SpecError::InvalidHeaderValue {

@@ -121,9 +121,11 @@ pub fn check(
                 field: u.field,
             });
         };
+        // Checked as the sidecar reads every secret: without a trailing
+        // newline.
+        let value = value.clone().trim_trailing_newline();
         match u.purpose {
             SecretPurpose::Credential => {
-                let value = value.clone().trim_trailing_newline();
                 resolved
                     .authentication
                     .check_credential(&value)
@@ -135,8 +137,7 @@ pub fn check(
                     })?;
             }
             SecretPurpose::SignatureKey => {
-                // Counted as the sidecar uses it: without a trailing newline.
-                let len = value.clone().trim_trailing_newline().char_len();
+                let len = value.char_len();
                 if len < MIN_SIGNATURE_KEY_LEN {
                     return Err(DatasourceError::SignatureKeyTooShort {
                         secret: secret.clone(),
@@ -146,7 +147,7 @@ pub fn check(
                 }
             }
             SecretPurpose::CaBundle => {
-                let count = count_certificates(value).map_err(|detail| {
+                let count = count_certificates(&value).map_err(|detail| {
                     DatasourceError::InvalidCertificate {
                         secret: secret.clone(),
                         key: key.clone(),
