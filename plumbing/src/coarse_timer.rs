@@ -92,7 +92,7 @@ impl Shared {
             tokio::time::sleep(self.tick).await;
             let now = Instant::now();
             let mut due = Vec::new();
-            {
+            let done = {
                 let mut state = self.lock();
                 let State {
                     slots,
@@ -109,15 +109,25 @@ impl Shared {
                         *pending -= 1;
                     }
                 }
-                if *pending == 0 {
-                    *ticking = false;
-                    // Woken outside the lock, below, then this task ends.
-                    drop(state);
-                    due.into_iter().for_each(Waker::wake);
-                    return;
-                }
-            }
+                // Decided under the lock: a sleep registered after it
+                // starts a new ticker.
+                *ticking = *pending > 0;
+                !*ticking
+            };
+            // Woken outside the lock.
             due.into_iter().for_each(Waker::wake);
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// Frees slot `i` if it still holds a sleep.
+    fn release(&self, i: usize) {
+        let mut state = self.lock();
+        if state.slots.get_mut(i).and_then(Option::take).is_some() {
+            state.free.push(i);
+            state.pending -= 1;
         }
     }
 }
@@ -168,17 +178,6 @@ impl Future for CoarseSleep {
             }
         }
         Poll::Pending
-    }
-}
-
-impl Shared {
-    /// Frees slot `i` if it still holds a sleep.
-    fn release(&self, i: usize) {
-        let mut state = self.lock();
-        if state.slots.get_mut(i).and_then(Option::take).is_some() {
-            state.free.push(i);
-            state.pending -= 1;
-        }
     }
 }
 

@@ -13,9 +13,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 
 use crate::coarse_timer::CoarseTimer;
-use tokio::net::TcpListener;
 
 /// The largest request head served, the same on both protocols: for
 /// HTTP/1.1 the read buffer the head must fit in (hyper's default is about

@@ -15,6 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
+use crate::error::BODY_ERROR_REASONS;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DatasourceLabel {
     datasource: String,
@@ -33,8 +35,6 @@ struct BodyErrorLabels {
     datasource: String,
     reason: &'static str,
 }
-
-const BODY_ERROR_REASONS: [&str; 4] = crate::error::BODY_ERROR_REASONS;
 
 type ExpiryGauge = Gauge<f64, AtomicU64>;
 
@@ -177,7 +177,7 @@ pub struct Metrics {
     by_class: [Counter; 5],
     upstream_latency: Histogram,
     /// By reason, in the order of [`BODY_ERROR_REASONS`].
-    body_errors: [Counter; 4],
+    body_errors: [Counter; BODY_ERROR_REASONS.len()],
     pub token_fetches: Counter,
     pub token_fetch_failures: Counter,
     token_expiry: ExpiryGauge,
@@ -196,7 +196,7 @@ impl Metrics {
     }
 
     /// An upstream response body failed with `reason`, one of
-    /// [`crate::error::BODY_ERROR_REASONS`].
+    /// [`BODY_ERROR_REASONS`].
     pub fn upstream_body_failed(&self, reason: &str) {
         if let Some(i) = BODY_ERROR_REASONS.iter().position(|r| *r == reason) {
             self.body_errors[i].inc();
