@@ -44,8 +44,8 @@ use rbac_recorder::{Access, Recorder};
 use serde_json::{Value, json};
 use sidekey_crds::names;
 use sidekey_tests::kubelet::sidecar_of;
-use support::{WAIT, free_ports, http_get};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use support::{WAIT, capture_output, free_ports, http_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const RELEASE: &str = "sidekey";
@@ -907,26 +907,7 @@ impl LocalOperator {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("starting sidekey-operator");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
-        for reader in [stdout, stderr].into_iter().flatten() {
-            let logs = logs.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut out = logs.lock().unwrap_or_else(|p| p.into_inner());
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
-        }
+        let logs = capture_output(&mut child);
         let op = Self {
             child,
             logs,

@@ -222,7 +222,7 @@ async fn reset_in_the_middle_of_a_body_aborts_the_apps_response_and_serving_goes
             Duration::from_secs(5),
         )
         .await;
-    let warnings = body_failures(&sidecar);
+    let warnings = sidecar.log_lines(BODY_FAILED);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0]["datasource"], "payments", "{}", warnings[0]);
     assert_eq!(warnings[0]["level"], "WARN", "{}", warnings[0]);
@@ -242,19 +242,8 @@ async fn reset_in_the_middle_of_a_body_aborts_the_apps_response_and_serving_goes
     );
 }
 
-/// The JSON log lines saying an upstream body failed.
-fn body_failures(sidecar: &Sidecar) -> Vec<serde_json::Value> {
-    sidecar
-        .logs()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("the upstream's response body failed"))
-        })
-        .collect()
-}
+/// How the sidecar's warning of a failed upstream body starts.
+const BODY_FAILED: &str = "the upstream's response body failed";
 
 /// The non-zero series of `sidekey_upstream_body_errors_total` of the
 /// datasource, by reason.
@@ -368,7 +357,7 @@ async fn a_body_that_never_ends_is_cut_by_the_body_idle_timeout() {
     // The upstream connection is dropped with it.
     wait_until(|| upstream.seen.closed_by_sidecar.load(Ordering::SeqCst) == 1).await;
     assert_eq!(body_errors(&sidecar).await, [("idle_timeout", 1.0)]);
-    let warnings = body_failures(&sidecar);
+    let warnings = sidecar.log_lines(BODY_FAILED);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0]["datasource"], "payments", "{}", warnings[0]);
 

@@ -94,20 +94,6 @@ fn verified_claims(echo: &serde_json::Value, key: &str) -> serde_json::Value {
     serde_json::from_slice(&decode(parts[1])).expect("claims")
 }
 
-/// The JSON log lines whose message starts with `message`.
-fn log_lines(sidecar: &Sidecar, message: &str) -> Vec<serde_json::Value> {
-    sidecar
-        .logs()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(message))
-        })
-        .collect()
-}
-
 async fn readyz(sidecar: &Sidecar) -> (u16, String) {
     let response = client()
         .get(sidecar.admin_url("/readyz"))
@@ -179,7 +165,7 @@ async fn each_datasource_gets_its_own_credentials_on_its_own_port() {
     for (sample, value) in series {
         assert_eq!(sidecar.metric(sample).await, value, "{sample}");
     }
-    let listening = log_lines(&sidecar, "proxy listening");
+    let listening = sidecar.log_lines("proxy listening");
     let named: Vec<_> = listening.iter().map(|l| &l["datasource"]).collect();
     assert_eq!(named, ["payments", "crm"], "{listening:?}");
 }
@@ -219,7 +205,7 @@ async fn a_datasource_reloads_alone_and_a_broken_change_stays_its_own() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let reloaded = log_lines(&sidecar, "configuration reloaded");
+    let reloaded = sidecar.log_lines("configuration reloaded");
     assert_eq!(reloaded.len(), 1, "{reloaded:?}");
     assert_eq!(reloaded[0]["datasource"], "crm");
     assert_eq!(
@@ -245,7 +231,7 @@ async fn a_datasource_reloads_alone_and_a_broken_change_stays_its_own() {
     sidecar
         .wait_for_log("configuration change refused", Duration::from_secs(10))
         .await;
-    let refused = log_lines(&sidecar, "configuration change refused");
+    let refused = sidecar.log_lines("configuration change refused");
     assert_eq!(refused[0]["datasource"], "crm", "{refused:?}");
     assert_eq!(
         crm_key(&get_echo_at(&sidecar, 1, "/a", &[]).await).as_deref(),
@@ -372,7 +358,7 @@ async fn readiness_waits_for_every_datasource_and_names_the_one_not_ready() {
             .await
             >= 1.0
     );
-    let failed = log_lines(&sidecar, "token request failed");
+    let failed = sidecar.log_lines("token request failed");
     assert!(
         !failed.is_empty() && failed.iter().all(|l| l["datasource"] == "crm"),
         "{failed:?}"

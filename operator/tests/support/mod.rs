@@ -421,11 +421,7 @@ impl Operator {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("starting sidekey-operator");
-        let output = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        tokio::spawn(collect(BufReader::new(stdout), output.clone()));
-        tokio::spawn(collect(BufReader::new(stderr), output.clone()));
+        let output = capture_output(&mut child);
         Self {
             child,
             output,
@@ -495,8 +491,21 @@ impl Drop for Operator {
     }
 }
 
-async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>, out: Arc<Mutex<String>>) {
-    let mut lines = reader.lines();
+/// Everything `child` writes to its piped stdout and stderr, line by line,
+/// as it comes.
+pub fn capture_output(child: &mut Child) -> Arc<Mutex<String>> {
+    let output = Arc::new(Mutex::new(String::new()));
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(collect(stdout, output.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(collect(stderr, output.clone()));
+    }
+    output
+}
+
+async fn collect<R: AsyncRead + Unpin>(reader: R, out: Arc<Mutex<String>>) {
+    let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
         out.push_str(&line);
@@ -586,30 +595,7 @@ impl Sidecar {
             .kill_on_drop(true)
             .spawn()
             .expect("starting the sidecar");
-        let output = Arc::new(Mutex::new(String::new()));
-        for reader in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let output = output.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
-        }
+        let output = capture_output(&mut child);
         Self { child, output }
     }
 

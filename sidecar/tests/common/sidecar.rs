@@ -278,6 +278,19 @@ impl Sidecar {
         self.lines.lock().expect("lock").join("\n")
     }
 
+    /// The JSON log lines whose message starts with `message`.
+    pub fn log_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .collect()
+    }
+
     /// Waits until a log line contains `text`.
     pub async fn wait_for_log(&self, text: &str, within: Duration) {
         let deadline = Instant::now() + within;
