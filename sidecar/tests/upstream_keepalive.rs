@@ -30,7 +30,7 @@ fn nginx_binary() -> PathBuf {
 struct Nginx {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -79,11 +79,7 @@ http {{
             .spawn()
             .expect("start nginx");
         wait_listening(port);
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
+        Self { child, port, dir }
     }
 }
 
@@ -91,7 +87,7 @@ impl Nginx {
     /// The nginx connection that served each request whose path starts
     /// with `prefix`, in order.
     fn connections_of(&self, prefix: &str) -> Vec<String> {
-        let log = std::fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
         log.lines()
             .filter_map(|line| line.split_once(' '))
             .filter(|(_, uri)| uri.starts_with(prefix))
