@@ -64,6 +64,18 @@ if [ "$SIDEKEY_STATUS" = ok ] && ! "$SIDEKEY_BIN" --help 2>/dev/null | grep -q -
     SIDEKEY_STATUS="pending (sidekey-sidecar has no --datasource flag yet)"
 fi
 SIDEKEY_HELP=$("$SIDEKEY_BIN" --help 2>/dev/null || true)
+# The minimal hyper proxy (sidecar/examples/minimal_proxy.rs) of the
+# `minimal1` row, built unless BENCH_SCENARIOS leaves that row out.
+MINIMAL_STATUS=ok
+if [ -n "${MINIMAL_BIN:-}" ]; then
+    [ -x "$MINIMAL_BIN" ] || die "MINIMAL_BIN=$MINIMAL_BIN is not executable"
+elif [ -z "${BENCH_SCENARIOS:-}" ] || grep -qw minimal1 <<<"$BENCH_SCENARIOS"; then
+    target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+    MINIMAL_BIN="$target_dir/release/examples/minimal_proxy"
+    log "building the minimal hyper proxy (release) into $target_dir"
+    (cd "$ROOT" && cargo build --release -q -p sidekey-sidecar --example minimal_proxy) ||
+        MINIMAL_STATUS="pending (sidecar/examples/minimal_proxy.rs does not build)"
+fi
 
 # ---------------------------------------------------------------- processes
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sidekey-bench.XXXXXX")
@@ -276,7 +288,7 @@ parse_ms() { # "1.23ms" -> 1.23
 # Results per scenario key. A scenario runs once per round; the round with
 # the highest req/s is reported (other agents' bursts on a shared machine only
 # ever lower a figure), and every round's req/s is listed beside it.
-SCENARIOS=(direct nginx1 bearer1 oauth1 nginxauto bearerauto oauthauto)
+SCENARIOS=(direct nginx1 minimal1 bearer1 oauth1 nginxauto bearerauto oauthauto)
 declare -A LABEL RPS P50 P99 ERRORS CPU UP_CPU CPU_US SYSCALLS RSS STATUS ROUNDS THREADS TLS
 
 # run_wrk file [wrk args...]: wrk pinned to the load CPU, output to file. It
@@ -587,6 +599,27 @@ run_nginx_proxy() {
     stop_nginx "$pid"; forget_pid "$pid"
 }
 
+# run_minimal key: one round of the minimal hyper proxy, on the proxy CPU.
+run_minimal() {
+    local key=$1 label=${LABEL[$1]} port pid
+    if [ "$MINIMAL_STATUS" != ok ]; then STATUS[$key]=$MINIMAL_STATUS; return; fi
+    port=$(free_port)
+    taskset -c "$PROXY_CPU" "$MINIMAL_BIN" "127.0.0.1:$port" "$UPSTREAM/bearer" "$TMP/pki/ca.crt" "$BEARER_TOKEN" \
+        >"$TMP/minimal.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_http "http://127.0.0.1:$port/ping" || die "the minimal proxy did not come up: $(cat "$TMP/minimal.log")"
+    sleep 0.3
+    local idle
+    idle=$(mem_kb VmRSS "$pid")
+    THREADS[$key]="$(awk '$1 == "Threads:" {print $2}' "/proc/$pid/status") threads"
+    check_through "$key" "http://127.0.0.1:$port/ping" || die "the minimal proxy does not pass requests"
+    if measure "$key" "$pid" "http://127.0.0.1:$port/ping"; then
+        keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
+    fi
+    stop_pid "$pid"; forget_pid "$pid"
+}
+
 # ---------------------------------------------------------------- OAuth server
 # The real authorization server the sidecar's tests use (node-oidc-provider),
 # over HTTPS with the bench CA's certificate, so the sidecar trusts one bundle.
@@ -655,6 +688,7 @@ EOF
 ROUNDS_N=${BENCH_ROUNDS:-2}
 LABEL[direct]="upstream directly (HTTPS, no proxy)"
 LABEL[nginx1]="nginx proxy, 1 worker, CPU $PROXY_CPU"
+LABEL[minimal1]="minimal hyper proxy (examples/minimal_proxy.rs), CPU $PROXY_CPU"
 LABEL[bearer1]="sidekey bearer, 1 worker thread, CPU $PROXY_CPU"
 LABEL[oauth1]="sidekey OAuth2 + signature, 1 worker thread, CPU $PROXY_CPU"
 LABEL[nginxauto]="nginx proxy, worker_processes auto ($NCPU), any CPU"
@@ -677,6 +711,7 @@ for round in $(seq 1 "$ROUNDS_N"); do
         keep direct "n/a"
     fi
     if wanted nginx1; then run_nginx_proxy nginx1 1; fi
+    if wanted minimal1; then run_minimal minimal1; fi
     if wanted bearer1; then run_sidekey bearer1 "$TMP/bearer.yaml" 1 /ping; fi
     if wanted oauth1; then run_sidekey oauth1 "$OAUTH_DS" 1 /ping; fi
     if wanted nginxauto; then run_nginx_proxy nginxauto auto; fi
