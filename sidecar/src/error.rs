@@ -274,7 +274,7 @@ pub enum RequestError {
     #[error("the upstream cannot be reached")]
     UpstreamUnreachable {
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     /// `hint` is empty, or a parenthesised word on what to do.
     #[error("TLS with the upstream failed{hint}")]
@@ -286,7 +286,7 @@ pub enum RequestError {
     #[error("the upstream failed")]
     UpstreamFailed {
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("the upstream did not answer within {}s", after.as_secs_f64())]
     UpstreamTimeout { after: Duration },

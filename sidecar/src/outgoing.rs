@@ -76,6 +76,11 @@ impl Target {
         })
     }
 
+    /// The scheme and authority every request goes to.
+    pub fn origin(&self) -> (&Scheme, &Authority) {
+        (&self.scheme, &self.authority)
+    }
+
     /// The upstream request for the app's request head; refused when its
     /// path hides a dot segment behind an encoded slash.
     pub fn outgoing(&self, app: request::Parts) -> Result<Outgoing, RequestError> {

@@ -61,15 +61,26 @@ impl Snapshot {
             None => None,
         };
         let tls_inputs = (ca.map(|(_, v)| v.clone()), ds.tls.trust_system_roots);
-        let (tls, upstream) = match previous.filter(|p| p.tls_inputs == tls_inputs) {
-            Some(p) => (p.tls.clone(), p.upstream.clone()),
+        let tls = match previous.filter(|p| p.tls_inputs == tls_inputs) {
+            Some(p) => p.tls.clone(),
             None => {
                 let bundle = ca.map(|(file, pem)| CaBundle { file, pem });
-                let tls = tls::client_config(bundle, ds.tls.trust_system_roots)?;
-                let upstream =
-                    Upstream::new(slot, tls.clone(), timeouts.connect, timeouts.upstream);
-                (tls, upstream)
+                tls::client_config(bundle, ds.tls.trust_system_roots)?
             }
+        };
+        // The pools hold connections to one origin with one TLS setup.
+        let (_, authority) = target.origin();
+        let upstream = match previous
+            .filter(|p| Arc::ptr_eq(&p.tls, &tls) && p.target.origin() == target.origin())
+        {
+            Some(p) => p.upstream.clone(),
+            None => Upstream::new(
+                slot,
+                authority,
+                tls.clone(),
+                timeouts.connect,
+                timeouts.upstream,
+            ),
         };
 
         let auth_inputs = (

@@ -1,38 +1,57 @@
-//! The pooled HTTP client to the upstream: hyper with rustls, HTTP/1.1 and
-//! HTTP/2 by ALPN, keep-alive connections reused across requests, and the
+//! The HTTP client to the upstream: hyper with rustls, HTTP/1.1 and HTTP/2
+//! by ALPN, keep-alive connections reused across requests, and the
 //! translation of its failures into the errors an app sees.
 //!
-//! Each worker thread has its own client and pool per datasource, so a
+//! Each worker thread has its own connections per datasource, so a
 //! request, its connection's task and the pool never leave the thread that
 //! accepted it: no cross-thread wake-ups, no contended pool lock.
+//!
+//! HTTP/1.1 connections are pooled here, on `hyper::client::conn::http1`:
+//! a stack of idle connections per thread and datasource, the most recently
+//! used on top, so a request costs a look at the top of a `Vec` instead of
+//! hyper-util's pool (a hashed key, a checkout future, and a task spawned
+//! per request to return the connection; measured: bench/README.md). An
+//! upstream whose ALPN picks HTTP/2 gets hyper-util's pooled client, which
+//! multiplexes the thread's requests over one connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
 
 use sidekey_plumbing::serve::MAX_REQUEST_HEAD;
 
-use crate::error::{RequestError, chain};
+use crate::error::{BoxError, RequestError, chain};
 
 /// A request body going upstream: kept whole (small, replayable) or
 /// streamed straight from the app.
 pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
 
-/// How long an idle upstream connection stays in the pool.
+/// How long an idle upstream connection stays in the pool: HTTP/1.1
+/// connections unused for between one and two sweeps are closed, HTTP/2
+/// ones (hyper-util's pool) after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// How often each thread closes the HTTP/1.1 connections that stayed idle
+/// since the last sweep.
+const POOL_SWEEP: Duration = Duration::from_secs(45);
+
+type Connector = HttpsConnector<HttpConnector>;
+type PooledClient = Client<Connector, UpstreamBody>;
 
 /// Tells the settings of one `Upstream::new` (and its clones) apart from
 /// every other, process-wide, so a thread's cached client is never used
@@ -42,16 +61,44 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// This thread's clients, one slot per datasource, each with the
     /// generation of settings it was built for. A reload that changes a
-    /// datasource's TLS setup makes a new generation; the next request for
-    /// it on each thread then builds a fresh client in its slot (requests
-    /// in flight keep the connections they hold). One slot per datasource,
-    /// not one per thread: datasources served in turn keep their pools.
-    static CLIENTS: RefCell<Vec<Option<(u64, PooledClient)>>> = const { RefCell::new(Vec::new()) };
+    /// datasource's TLS setup or origin makes a new generation; the next
+    /// request for it on each thread then builds a fresh client in its slot
+    /// (requests in flight keep the connections they hold). One slot per
+    /// datasource, not one per thread: datasources served in turn keep
+    /// their pools.
+    static CLIENTS: RefCell<Vec<Option<ThreadClient>>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread runs its pool sweeper.
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One datasource's connections on one thread.
+struct ThreadClient {
+    generation: u64,
+    connector: Connector,
+    /// Idle HTTP/1.1 connections, the most recently used last. One whose
+    /// response body is still being read is here too, but not ready.
+    idle: Vec<Idle>,
+    /// Set once ALPN picked HTTP/2: from then on every request of this
+    /// generation goes through it.
+    http2: Option<Arc<PooledClient>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    /// Left unused since the last sweep: the next one closes it.
+    swept: bool,
+}
+
+/// Where a request goes.
+enum Route {
+    Idle(http1::SendRequest<UpstreamBody>),
+    Connect(Connector),
+    Http2(Arc<PooledClient>),
 }
 
 /// The upstream's connection settings. Cheap to clone: clones are the same
 /// generation, so on each thread they share that thread's pool (a reload
-/// that keeps the TLS setup keeps the pools).
+/// that keeps the TLS setup and the origin keeps the pools).
 #[derive(Clone)]
 pub struct Upstream {
     settings: Arc<Settings>,
@@ -64,13 +111,17 @@ struct Settings {
     slot: usize,
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
+    /// `Host` of every HTTP/1.1 request: the URL's authority.
+    host: HeaderValue,
 }
 
 impl Upstream {
     /// Settings for the datasource whose clients live in `slot` (its
-    /// index; small, as each thread keeps a slot for every lower one).
+    /// index; small, as each thread keeps a slot for every lower one),
+    /// sending every request to `authority` (the `Host` of HTTP/1.1).
     pub fn new(
         slot: usize,
+        authority: &Authority,
         tls: Arc<rustls::ClientConfig>,
         connect_timeout: Duration,
         timeout: Duration,
@@ -80,6 +131,10 @@ impl Upstream {
             slot,
             tls,
             connect_timeout,
+            host: HeaderValue::from_maybe_shared(Bytes::copy_from_slice(
+                authority.as_str().as_bytes(),
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
         };
         Self {
             settings: Arc::new(settings),
@@ -87,9 +142,10 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` and waits for the response head, at most the
-    /// configured timeout. The response body streams afterwards. A request
-    /// whose head is over [`MAX_REQUEST_HEAD`] is refused here, unsent.
+    /// Sends `request` (absolute-form URI) and waits for the response
+    /// head, at most the configured timeout. The response body streams
+    /// afterwards. A request whose head is over [`MAX_REQUEST_HEAD`] is
+    /// refused here, unsent.
     pub async fn send(
         &self,
         request: Request<UpstreamBody>,
@@ -107,18 +163,135 @@ impl Upstream {
                 limit: MAX_REQUEST_HEAD,
             });
         }
-        match tokio::time::timeout(self.timeout, self.start(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(e, self.timeout)),
+        match tokio::time::timeout(self.timeout, self.dispatch(request)).await {
+            Ok(result) => result,
             Err(_) => Err(RequestError::UpstreamTimeout {
                 after: self.timeout,
             }),
         }
     }
 
-    /// Starts `request` on this thread's client, building the client first
-    /// if the thread has none for these settings.
-    fn start(&self, request: Request<UpstreamBody>) -> ResponseFuture {
+    async fn dispatch(
+        &self,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, RequestError> {
+        let absolute = request.uri().clone();
+        loop {
+            let (mut sender, reused) = match self.route() {
+                Route::Http2(client) => {
+                    *request.uri_mut() = absolute;
+                    return client.request(request).await.map_err(|e| {
+                        let connect = e.is_connect();
+                        self.classify(&e, connect)
+                    });
+                }
+                Route::Idle(sender) => (sender, true),
+                Route::Connect(mut connector) => {
+                    let io = connector
+                        .call(absolute.clone())
+                        .await
+                        .map_err(|e| self.classify(&*e, true))?;
+                    if io.connected().is_negotiated_h2() {
+                        // Dropped: hyper-util's client makes its own.
+                        self.use_http2();
+                        continue;
+                    }
+                    let (sender, connection) = http1::handshake(io)
+                        .await
+                        .map_err(|e| self.classify(&e, true))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %chain(&e), "upstream connection ended with an error");
+                        }
+                    });
+                    (sender, false)
+                }
+            };
+            // HTTP/1.1 wants origin-form and a Host (the HTTP/2 client
+            // takes both from the absolute URI).
+            *request.uri_mut() = origin_form(&absolute);
+            request
+                .headers_mut()
+                .insert(HOST, self.settings.host.clone());
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.put_back(sender);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    // A reused connection closed before the request was
+                    // written (the upstream had just closed it while idle):
+                    // the request goes on another, as hyper-util's client
+                    // retries it. Each retry drops a connection from the
+                    // pool or makes a new one, whose failure is final.
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        request.headers_mut().remove(HOST);
+                    }
+                    _ => return Err(self.classify(&e.into_error(), false)),
+                },
+            }
+        }
+    }
+
+    /// Where the next request goes on this thread: an idle connection that
+    /// is ready, else a new one, or hyper-util's client for HTTP/2.
+    fn route(&self) -> Route {
+        self.with_client(|client| {
+            if let Some(http2) = &client.http2 {
+                return Route::Http2(http2.clone());
+            }
+            // From the top, dropping closed connections on the way.
+            while let Some(top) = client.idle.last() {
+                if top.sender.is_closed() {
+                    client.idle.pop();
+                } else {
+                    break;
+                }
+            }
+            let ready = client.idle.iter().rposition(|i| i.sender.is_ready());
+            match ready {
+                Some(at) => Route::Idle(client.idle.remove(at).sender),
+                None => Route::Connect(client.connector.clone()),
+            }
+        })
+    }
+
+    /// Puts a connection whose response head came back into this thread's
+    /// pool; it is ready again once the response body has been read.
+    fn put_back(&self, sender: http1::SendRequest<UpstreamBody>) {
+        let generation = self.settings.generation;
+        let slot = self.settings.slot;
+        let start_sweeper = CLIENTS.with_borrow_mut(|clients| {
+            // Not when a reload has replaced this generation meanwhile: the
+            // connection then closes once its body is read.
+            if let Some(Some(client)) = clients.get_mut(slot)
+                && client.generation == generation
+            {
+                client.idle.push(Idle {
+                    sender,
+                    swept: false,
+                });
+            }
+            !SWEEPING.replace(true)
+        });
+        if start_sweeper {
+            tokio::spawn(sweep());
+        }
+    }
+
+    /// From now on, this thread sends this generation's requests through
+    /// hyper-util's pooled client, which multiplexes HTTP/2.
+    fn use_http2(&self) {
+        self.with_client(|client| {
+            client.idle.clear();
+            client.http2 = Some(Arc::new(self.settings.client()));
+        });
+    }
+
+    /// Runs `f` on this thread's client for these settings, building it
+    /// first if the thread has none.
+    fn with_client<R>(&self, f: impl FnOnce(&mut ThreadClient) -> R) -> R {
         let Settings {
             generation, slot, ..
         } = *self.settings;
@@ -126,37 +299,76 @@ impl Upstream {
             if clients.len() <= slot {
                 clients.resize_with(slot + 1, || None);
             }
-            match &mut clients[slot] {
-                Some((built_for, client)) if *built_for == generation => client.request(request),
-                cached => {
-                    let client = self.settings.client();
-                    let started = client.request(request);
-                    *cached = Some((generation, client));
-                    started
-                }
-            }
+            let cached = &mut clients[slot];
+            let client = match cached {
+                Some(client) if client.generation == generation => client,
+                _ => cached.insert(ThreadClient {
+                    generation,
+                    connector: self.settings.connector(),
+                    idle: Vec::new(),
+                    http2: None,
+                }),
+            };
+            f(client)
         })
+    }
+
+    fn classify(&self, e: &(dyn StdError + 'static), connecting: bool) -> RequestError {
+        classify(e, connecting, self.timeout)
     }
 }
 
+/// Every `POOL_SWEEP`, closes this thread's idle HTTP/1.1 connections
+/// that no request took since the last sweep.
+async fn sweep() {
+    let mut ticks = tokio::time::interval(POOL_SWEEP);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        sweep_once();
+    }
+}
+
+fn sweep_once() {
+    CLIENTS.with_borrow_mut(|clients| {
+        for client in clients.iter_mut().flatten() {
+            client
+                .idle
+                .retain(|i| !(i.sender.is_closed() || (i.swept && i.sender.is_ready())));
+            for idle in &mut client.idle {
+                idle.swept = true;
+            }
+        }
+    });
+}
+
+/// `uri` in origin-form: its path and query only.
+fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
+        .map_or_else(Uri::default, |p| Uri::from(p.clone()))
+}
+
 impl Settings {
-    fn client(&self) -> PooledClient {
+    fn connector(&self) -> Connector {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = HttpsConnectorBuilder::new()
+        HttpsConnectorBuilder::new()
             .with_tls_config((*self.tls).clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(http)
+    }
+
+    fn client(&self) -> PooledClient {
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(connector)
+            .build(self.connector())
     }
 }
 
@@ -188,8 +400,8 @@ pub fn header_list_size<B>(request: &Request<B>) -> usize {
     pseudo + fields
 }
 
-fn classify(e: hyper_util::client::legacy::Error, timeout: Duration) -> RequestError {
-    if let Some(tls) = find::<rustls::Error>(&e) {
+fn classify(e: &(dyn StdError + 'static), connecting: bool, timeout: Duration) -> RequestError {
+    if let Some(tls) = find::<rustls::Error>(e) {
         let hint = match tls {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
                 " (the upstream's certificate is not signed by a trusted CA: \
@@ -203,16 +415,17 @@ fn classify(e: hyper_util::client::legacy::Error, timeout: Duration) -> RequestE
             source: tls.clone(),
         };
     }
-    let timed_out = find::<std::io::Error>(&e)
+    let timed_out = find::<std::io::Error>(e)
         .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        || chain(&e).contains("timed out");
+        || chain(e).contains("timed out");
     if timed_out {
         return RequestError::UpstreamTimeout { after: timeout };
     }
-    if e.is_connect() {
-        RequestError::UpstreamUnreachable { source: e }
+    let source = BoxError::from(chain(e));
+    if connecting {
+        RequestError::UpstreamUnreachable { source }
     } else {
-        RequestError::UpstreamFailed { source: e }
+        RequestError::UpstreamFailed { source }
     }
 }
 
@@ -243,33 +456,121 @@ mod tests {
     use super::*;
 
     fn cached_generations() -> Vec<Option<u64>> {
-        CLIENTS.with_borrow(|clients| clients.iter().map(|c| c.as_ref().map(|c| c.0)).collect())
+        CLIENTS.with_borrow(|clients| {
+            clients
+                .iter()
+                .map(|c| c.as_ref().map(|c| c.generation))
+                .collect()
+        })
+    }
+
+    fn upstream(slot: usize) -> Upstream {
+        let tls = crate::tls::client_config(None, true).expect("tls");
+        let second = Duration::from_secs(1);
+        let authority = Authority::from_static("127.0.0.1:9");
+        Upstream::new(slot, &authority, tls, second, second)
     }
 
     #[test]
     fn each_datasource_keeps_its_own_client_on_a_thread() {
-        let tls = crate::tls::client_config(None, true).expect("tls");
-        let second = Duration::from_secs(1);
-        let a = Upstream::new(0, tls.clone(), second, second);
-        let b = Upstream::new(1, tls.clone(), second, second);
-        let get = || {
-            Request::get("http://127.0.0.1:9/")
-                .body(Either::Left(Full::default()))
-                .expect("request")
-        };
-        // Only started, never polled: the client is built, nothing is sent.
-        drop(a.start(get()));
-        drop(b.start(get()));
-        drop(a.start(get()));
+        let (a, b) = (upstream(0), upstream(1));
+        // Routed, never sent: the client is built, nothing is connected.
+        for u in [&a, &b, &a] {
+            assert!(matches!(u.route(), Route::Connect(_)));
+        }
         let (ga, gb) = (a.settings.generation, b.settings.generation);
         assert_eq!(cached_generations(), [Some(ga), Some(gb)]);
         // A reload of `b` with another TLS setup replaces only its slot.
-        let b2 = Upstream::new(1, tls, second, second);
-        drop(b2.start(get()));
+        let b2 = upstream(1);
+        assert!(matches!(b2.route(), Route::Connect(_)));
         assert_eq!(
             cached_generations(),
             [Some(ga), Some(b2.settings.generation)]
         );
+    }
+
+    /// A plain HTTP/1.1 upstream on loopback answering `ok`; counts the
+    /// connections it accepted and those that have ended.
+    async fn counting_upstream() -> (Authority, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let authority = Authority::try_from(listener.local_addr().expect("addr").to_string())
+            .expect("authority");
+        let (accepted, ended) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (a, e) = (accepted.clone(), ended.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let e = e.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_request| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (authority, accepted, ended)
+    }
+
+    async fn get(upstream: &Upstream, authority: &Authority) {
+        use http_body_util::BodyExt as _;
+        let request = Request::get(format!("http://{authority}/x"))
+            .body(Either::Left(Full::default()))
+            .expect("request");
+        let response = upstream.send(request).await.expect("answered");
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), "ok");
+    }
+
+    fn idle_connections(upstream: &Upstream) -> usize {
+        upstream.with_client(|client| client.idle.len())
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_then_closed_by_the_second_sweep() {
+        let (authority, accepted, ended) = counting_upstream().await;
+        let tls = crate::tls::client_config(None, true).expect("tls");
+        let second = Duration::from_secs(5);
+        let upstream = Upstream::new(3, &authority, tls, second, second);
+        for _ in 0..5 {
+            get(&upstream, &authority).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
+        assert_eq!(idle_connections(&upstream), 1);
+        // Idle through one sweep: kept; through a second: closed.
+        sweep_once();
+        assert_eq!(idle_connections(&upstream), 1);
+        sweep_once();
+        assert_eq!(idle_connections(&upstream), 0);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while ended.load(Ordering::SeqCst) < 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the upstream saw the connection closed");
+        // A connection used between two sweeps stays.
+        get(&upstream, &authority).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        sweep_once();
+        get(&upstream, &authority).await;
+        sweep_once();
+        assert_eq!(idle_connections(&upstream), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn origin_form_keeps_the_path_and_query_only() {
+        let uri = Uri::from_static("https://api.example:8443/v2/a?b=1");
+        assert_eq!(origin_form(&uri), "/v2/a?b=1");
+        assert_eq!(origin_form(&Uri::from_static("https://api.example")), "/");
     }
 
     #[test]
@@ -292,9 +593,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_over_the_limit_is_refused_unsent() {
-        let tls = crate::tls::client_config(None, true).expect("tls");
-        let second = Duration::from_secs(1);
-        let upstream = Upstream::new(0, tls, second, second);
+        let upstream = upstream(0);
         // Port 9 (discard): were it sent, the error would be another.
         let request = Request::get("http://127.0.0.1:9/")
             .header("x-big", "x".repeat(MAX_REQUEST_HEAD))
