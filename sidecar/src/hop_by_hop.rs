@@ -135,7 +135,13 @@ mod tests {
         for name in ALWAYS {
             assert!(is_always(&name), "{name}");
         }
-        for name in ["host", "authorization", "x-keep-alive", "content-length", "te-x"] {
+        for name in [
+            "host",
+            "authorization",
+            "x-keep-alive",
+            "content-length",
+            "te-x",
+        ] {
             let name = HeaderName::from_static(name);
             assert!(!is_always(&name), "{name}");
         }

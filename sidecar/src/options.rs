@@ -43,7 +43,8 @@ pub struct Options {
     #[arg(long, default_value = "info", env = "SIDEKEY_LOG")]
     pub log_level: String,
 
-    /// How long to wait for the upstream's response headers, in seconds.
+    /// How long to wait for the upstream's response headers, in seconds
+    /// (kept to within a tenth of it, a second at most).
     #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
     pub upstream_timeout: f64,
 

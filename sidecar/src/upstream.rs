@@ -21,18 +21,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{self, Either as Which};
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use hyper::rt::Timer as _;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
+use sidekey_plumbing::coarse_timer::CoarseTimer;
 use sidekey_plumbing::serve::MAX_REQUEST_HEAD;
 
 use crate::error::{BoxError, RequestError, chain};
@@ -81,6 +84,10 @@ struct ThreadClient {
     /// Set once ALPN picked HTTP/2: from then on every request of this
     /// generation goes through it.
     http2: Option<Arc<PooledClient>>,
+    /// The upstream timeout of each request: a slot in a list instead of
+    /// an entry in tokio's timer wheel (measured), to within a tenth of
+    /// the timeout (a second at most).
+    timer: CoarseTimer,
 }
 
 struct Idle {
@@ -163,9 +170,11 @@ impl Upstream {
                 limit: MAX_REQUEST_HEAD,
             });
         }
-        match tokio::time::timeout(self.timeout, self.dispatch(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(RequestError::UpstreamTimeout {
+        let deadline = self.with_client(|client| client.timer.sleep(self.timeout));
+        let dispatch = std::pin::pin!(self.dispatch(request));
+        match future::select(dispatch, deadline).await {
+            Which::Left((result, _)) => result,
+            Which::Right(_) => Err(RequestError::UpstreamTimeout {
                 after: self.timeout,
             }),
         }
@@ -307,6 +316,10 @@ impl Upstream {
                     connector: self.settings.connector(),
                     idle: Vec::new(),
                     http2: None,
+                    timer: CoarseTimer::new(
+                        (self.timeout / 10)
+                            .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+                    ),
                 }),
             };
             f(client)
