@@ -171,6 +171,44 @@ async fn secret_swapped_by_kubelet_is_picked_up_without_dropping_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_another_upstream_leaves_the_pooled_connections_behind() {
+    // Same CA, so the TLS setup stays: only the URL moves. The pooled
+    // connections to the first upstream must not carry a request meant
+    // for the second.
+    let pki = Pki::new("upstream");
+    let (first, second) = (Upstream::start(&pki).await, Upstream::start(&pki).await);
+    let ws = workspace(&pki);
+    ws.write_datasource(&manifest(&first.url(), BEARER));
+    ws.write_secret("payments-token", "token", "t");
+    let sidecar = sidecar::start(&ws);
+    for _ in 0..3 {
+        get_echo(&sidecar, "/a").await;
+    }
+    let requests = |u: &Upstream| u.state.requests.load(Ordering::SeqCst);
+    assert_eq!((requests(&first), requests(&second)), (3, 0));
+
+    ws.write_datasource(&manifest(&second.url(), BEARER));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while requests(&second) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded:\n{}",
+            sidecar.logs()
+        );
+        get_echo(&sidecar, "/a").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (first_seen, second_seen) = (requests(&first), requests(&second));
+    for _ in 0..5 {
+        get_echo(&sidecar, "/a").await;
+    }
+    assert_eq!(
+        (requests(&first), requests(&second)),
+        (first_seen, second_seen + 5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_config_change_keeps_the_old_one_serving() {
     let pki = Pki::new("upstream");
     let upstream = Upstream::start(&pki).await;

@@ -3,6 +3,7 @@
 mod common;
 
 use base64::Engine;
+use common::upstream::Protocol;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,17 +138,28 @@ async fn url_path_query_and_default_headers_are_combined_with_the_apps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_is_the_upstreams_not_the_apps() {
     let pki = Pki::new("upstream");
-    let upstream = Upstream::start(&pki).await;
-    let ws = workspace(&pki);
-    ws.write_datasource(&manifest(&upstream.url(), ""));
-    let sidecar = sidecar::start(&ws);
-    let echo = get_echo(&sidecar, "/a").await;
-    // HTTP/2 upstream (ALPN): the authority travels as :authority, and
-    // the app's Host (127.0.0.1:<sidecar port>) must not.
-    let host = header(&echo, "host").map(str::to_owned);
-    let sidecar_host = sidecar.addr.to_string();
-    assert_ne!(host.as_deref(), Some(sidecar_host.as_str()), "{echo}");
-    assert_eq!(echo["version"], "HTTP/2.0", "ALPN picks HTTP/2: {echo}");
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let upstream = Upstream::start_speaking(&pki, protocol).await;
+        let ws = workspace(&pki);
+        ws.write_datasource(&manifest(&upstream.url(), ""));
+        let sidecar = sidecar::start(&ws);
+        let echo = get_echo(&sidecar, "/a").await;
+        let host = header(&echo, "host").map(str::to_owned);
+        match protocol {
+            Protocol::Http1 => {
+                assert_eq!(echo["version"], "HTTP/1.1", "{echo}");
+                let upstream_host = format!("127.0.0.1:{}", upstream.port);
+                assert_eq!(host.as_deref(), Some(upstream_host.as_str()), "{echo}");
+            }
+            // The authority travels as :authority, and the app's Host
+            // (127.0.0.1:<sidecar port>) must not.
+            Protocol::Http2 => {
+                assert_eq!(echo["version"], "HTTP/2.0", "ALPN picks HTTP/2: {echo}");
+                let sidecar_host = sidecar.addr.to_string();
+                assert_ne!(host.as_deref(), Some(sidecar_host.as_str()), "{echo}");
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,27 +281,29 @@ async fn slow_upstream_gets_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_streams_through() {
     let pki = Pki::new("upstream");
-    let upstream = Upstream::start(&pki).await;
-    let ws = workspace(&pki);
-    ws.write_datasource(&manifest(&upstream.url(), ""));
-    let sidecar = sidecar::start(&ws);
-    let size: u64 = 256 * 1024 * 1024;
-    let mut response = client()
-        .get(sidecar.url(&format!("/bytes/{size}")))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    let mut received = 0u64;
-    while let Some(chunk) = response.chunk().await.expect("chunk") {
-        received += chunk.len() as u64;
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let upstream = Upstream::start_speaking(&pki, protocol).await;
+        let ws = workspace(&pki);
+        ws.write_datasource(&manifest(&upstream.url(), ""));
+        let sidecar = sidecar::start(&ws);
+        let size: u64 = 256 * 1024 * 1024;
+        let mut response = client()
+            .get(sidecar.url(&format!("/bytes/{size}")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        let mut received = 0u64;
+        while let Some(chunk) = response.chunk().await.expect("chunk") {
+            received += chunk.len() as u64;
+        }
+        assert_eq!(received, size, "{protocol:?}");
+        let (_, peak_kib) = sidecar.memory_kib();
+        assert!(
+            peak_kib < 64 * 1024,
+            "peak RSS {peak_kib} KiB for a 256 MiB download over {protocol:?}"
+        );
     }
-    assert_eq!(received, size);
-    let (_, peak_kib) = sidecar.memory_kib();
-    assert!(
-        peak_kib < 64 * 1024,
-        "peak RSS {peak_kib} KiB for a 256 MiB download"
-    );
 }
 
 /// 1 GiB through the proxy: the body streams, and the process's peak

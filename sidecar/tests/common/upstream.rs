@@ -44,11 +44,30 @@ pub struct Upstream {
     _task: AbortOnDropHandle<()>,
 }
 
+/// What the upstream offers by ALPN.
+#[derive(Clone, Copy, Debug)]
+pub enum Protocol {
+    /// HTTP/1.1 only: the sidecar's own connection pool serves it.
+    Http1,
+    /// HTTP/2 first: the sidecar moves to hyper-util's multiplexing client.
+    Http2,
+}
+
 impl Upstream {
+    /// An upstream speaking HTTP/1.1, as most REST APIs behind a load
+    /// balancer do.
     pub async fn start(pki: &Pki) -> Self {
+        Self::start_speaking(pki, Protocol::Http1).await
+    }
+
+    pub async fn start_speaking(pki: &Pki, protocol: Protocol) -> Self {
         let state = Arc::new(UpstreamState::default());
         let shared = state.clone();
-        let (port, task) = accept_tls(pki, move |tls| {
+        let mut config = pki.server_config();
+        if let Protocol::Http1 = protocol {
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        }
+        let (port, task) = accept_tls_with(config, move |tls| {
             let state = shared.clone();
             async move {
                 let service = service_fn(move |r| handle(state.clone(), r));
@@ -86,11 +105,23 @@ where
     F: Fn(TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    accept_tls_with(pki.server_config(), serve).await
+}
+
+/// [`accept_tls`] with a TLS configuration of the caller's.
+pub async fn accept_tls_with<F, Fut>(
+    config: rustls::ServerConfig,
+    serve: F,
+) -> (u16, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();
-    let acceptor = TlsAcceptor::from(Arc::new(pki.server_config()));
+    let acceptor = TlsAcceptor::from(Arc::new(config));
     let serve = Arc::new(serve);
     let task = tokio::spawn(async move {
         loop {
