@@ -144,8 +144,6 @@ impl Target {
         }
         Ok(Outgoing {
             method: app.method,
-            scheme: self.scheme.clone(),
-            authority: self.authority.clone(),
             path_and_query,
             query_start,
             headers,
@@ -244,8 +242,6 @@ fn hides_dot_segment(segment: &str) -> bool {
 /// set on it before it is turned into a [`Request`].
 pub struct Outgoing {
     pub method: Method,
-    scheme: Scheme,
-    authority: Authority,
     path_and_query: String,
     /// Where the path ends in `path_and_query`.
     query_start: usize,
@@ -284,8 +280,10 @@ impl Outgoing {
         &self.path_and_query
     }
 
-    /// The request to send. `keep` leaves `self` intact for a retry, at
-    /// the cost of copying the headers.
+    /// The request to send, its URI in origin-form (path and query): the
+    /// upstream client sends it to the datasource's origin, and nowhere
+    /// else. `keep` leaves `self` intact for a retry, at the cost of
+    /// copying the headers.
     pub fn request(
         &mut self,
         body: UpstreamBody,
@@ -297,14 +295,6 @@ impl Outgoing {
                 source: e.into(),
             }
         })?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        let uri = Uri::from_parts(parts).map_err(|e| RequestError::BadRequest {
-            what: "the request URI cannot be built",
-            source: e.into(),
-        })?;
         let headers = if keep {
             self.headers.clone()
         } else {
@@ -312,8 +302,9 @@ impl Outgoing {
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = uri;
-        // HTTP/1.1 here; the pool moves to HTTP/2 when ALPN picks it.
+        *request.uri_mut() = Uri::from(path_and_query);
+        // HTTP/1.1 here; the upstream client moves to HTTP/2 when ALPN
+        // picks it.
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         Ok(request)
@@ -406,7 +397,8 @@ mod tests {
         let r = o
             .request(http_body_util::Either::Left(Default::default()), false)
             .expect("request");
-        assert_eq!(r.uri(), "https://api.example:8443/v2/a?b=1");
+        assert_eq!(r.uri(), "/v2/a?b=1");
+        assert_eq!(t.origin().1, "api.example:8443");
     }
 
     #[test]
@@ -489,7 +481,13 @@ mod tests {
         let r = o
             .request(http_body_util::Either::Left(Default::default()), false)
             .expect("request");
-        assert_eq!(r.uri(), "https://api.example/v2/x?y=1");
+        // Origin-form: the app's scheme and authority are gone; the
+        // upstream client sends it to the datasource's origin.
+        assert_eq!(r.uri(), "/v2/x?y=1");
+        assert_eq!(
+            t.origin(),
+            (&Scheme::HTTPS, &Authority::from_static("api.example"))
+        );
         assert!(!r.headers().contains_key("host"));
     }
 }

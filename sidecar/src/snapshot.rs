@@ -69,14 +69,13 @@ impl Snapshot {
             }
         };
         // The pools hold connections to one origin with one TLS setup.
-        let (_, authority) = target.origin();
         let upstream = match previous
             .filter(|p| Arc::ptr_eq(&p.tls, &tls) && p.target.origin() == target.origin())
         {
             Some(p) => p.upstream.clone(),
             None => Upstream::new(
                 slot,
-                authority,
+                target.origin(),
                 tls.clone(),
                 timeouts.connect,
                 timeouts.upstream,

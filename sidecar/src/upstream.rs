@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{self, Either as Which};
 use http::header::HOST;
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -118,6 +118,11 @@ struct Settings {
     slot: usize,
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
+    /// Where every request goes: the URL's scheme and authority.
+    scheme: Scheme,
+    authority: Authority,
+    /// The same, as the URI a connection is made for.
+    origin: Uri,
     /// `Host` of every HTTP/1.1 request: the URL's authority.
     host: HeaderValue,
 }
@@ -125,19 +130,28 @@ struct Settings {
 impl Upstream {
     /// Settings for the datasource whose clients live in `slot` (its
     /// index; small, as each thread keeps a slot for every lower one),
-    /// sending every request to `authority` (the `Host` of HTTP/1.1).
+    /// sending every request to `origin` (scheme and authority).
     pub fn new(
         slot: usize,
-        authority: &Authority,
+        (scheme, authority): (&Scheme, &Authority),
         tls: Arc<rustls::ClientConfig>,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Self {
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
         let settings = Settings {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             slot,
             tls,
             connect_timeout,
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            origin,
             host: HeaderValue::from_maybe_shared(Bytes::copy_from_slice(
                 authority.as_str().as_bytes(),
             ))
@@ -149,7 +163,7 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` (absolute-form URI) and waits for the response
+    /// Sends `request` (origin-form URI) to the upstream and waits for the response
     /// head, at most the configured timeout. The response body streams
     /// afterwards. A request whose head is over [`MAX_REQUEST_HEAD`] is
     /// refused here, unsent.
@@ -163,7 +177,7 @@ impl Upstream {
         // the pooled connection (GOAWAY) and every request in flight on
         // it; under it, such an upstream answers 431 on the stream. Which
         // limit the upstream announced is not exposed by hyper's client.
-        let size = header_list_size(&request);
+        let size = header_list_size(&request, &self.settings.scheme, &self.settings.authority);
         if size > MAX_REQUEST_HEAD {
             return Err(RequestError::HeadersTooLarge {
                 size,
@@ -184,11 +198,19 @@ impl Upstream {
         &self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, RequestError> {
-        let absolute = request.uri().clone();
         loop {
             let (mut sender, reused) = match self.route() {
                 Route::Http2(client) => {
-                    *request.uri_mut() = absolute;
+                    // hyper-util's client wants the absolute URI.
+                    let mut uri = http::uri::Parts::default();
+                    uri.scheme = Some(self.settings.scheme.clone());
+                    uri.authority = Some(self.settings.authority.clone());
+                    uri.path_and_query = request.uri().path_and_query().cloned();
+                    *request.uri_mut() =
+                        Uri::from_parts(uri).map_err(|e| RequestError::BadRequest {
+                            what: "the request URI cannot be built",
+                            source: e.into(),
+                        })?;
                     return client.request(request).await.map_err(|e| {
                         let connect = e.is_connect();
                         self.classify(&e, connect)
@@ -197,7 +219,7 @@ impl Upstream {
                 Route::Idle(sender) => (sender, true),
                 Route::Connect(mut connector) => {
                     let io = connector
-                        .call(absolute.clone())
+                        .call(self.settings.origin.clone())
                         .await
                         .map_err(|e| self.classify(&*e, true))?;
                     if io.connected().is_negotiated_h2() {
@@ -216,9 +238,8 @@ impl Upstream {
                     (sender, false)
                 }
             };
-            // HTTP/1.1 wants origin-form and a Host (the HTTP/2 client
-            // takes both from the absolute URI).
-            *request.uri_mut() = origin_form(&absolute);
+            // HTTP/1.1 wants a Host (HTTP/2 takes :authority from the
+            // absolute URI).
             request
                 .headers_mut()
                 .insert(HOST, self.settings.host.clone());
@@ -355,12 +376,6 @@ fn sweep_once() {
     });
 }
 
-/// `uri` in origin-form: its path and query only.
-fn origin_form(uri: &Uri) -> Uri {
-    uri.path_and_query()
-        .map_or_else(Uri::default, |p| Uri::from(p.clone()))
-}
-
 impl Settings {
     fn connector(&self) -> Connector {
         let mut http = HttpConnector::new();
@@ -389,16 +404,13 @@ impl Settings {
 /// §6.5.2, and the h2 crate): each field's name and value plus 32 bytes,
 /// the pseudo-header fields included. Over HTTP/1.1 the head is smaller
 /// than this, so one rule serves both.
-pub fn header_list_size<B>(request: &Request<B>) -> usize {
+pub fn header_list_size<B>(request: &Request<B>, scheme: &Scheme, authority: &Authority) -> usize {
     const FIELD: usize = 32;
     let uri = request.uri();
     let pseudo = [
         (":method".len(), request.method().as_str().len()),
-        (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
-        (
-            ":authority".len(),
-            uri.authority().map_or(0, |a| a.as_str().len()),
-        ),
+        (":scheme".len(), scheme.as_str().len()),
+        (":authority".len(), authority.as_str().len()),
         (
             ":path".len(),
             uri.path_and_query().map_or(1, |p| p.as_str().len()),
@@ -481,7 +493,7 @@ mod tests {
         let tls = crate::tls::client_config(None, true).expect("tls");
         let second = Duration::from_secs(1);
         let authority = Authority::from_static("127.0.0.1:9");
-        Upstream::new(slot, &authority, tls, second, second)
+        Upstream::new(slot, (&Scheme::HTTP, &authority), tls, second, second)
     }
 
     #[test]
@@ -532,9 +544,9 @@ mod tests {
         (authority, accepted, ended)
     }
 
-    async fn get(upstream: &Upstream, authority: &Authority) {
+    async fn get(upstream: &Upstream) {
         use http_body_util::BodyExt as _;
-        let request = Request::get(format!("http://{authority}/x"))
+        let request = Request::get("/x")
             .body(Either::Left(Full::default()))
             .expect("request");
         let response = upstream.send(request).await.expect("answered");
@@ -551,9 +563,9 @@ mod tests {
         let (authority, accepted, ended) = counting_upstream().await;
         let tls = crate::tls::client_config(None, true).expect("tls");
         let second = Duration::from_secs(5);
-        let upstream = Upstream::new(3, &authority, tls, second, second);
+        let upstream = Upstream::new(3, (&Scheme::HTTP, &authority), tls, second, second);
         for _ in 0..5 {
-            get(&upstream, &authority).await;
+            get(&upstream).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
         assert_eq!(idle_connections(&upstream), 1);
@@ -570,25 +582,18 @@ mod tests {
         .await
         .expect("the upstream saw the connection closed");
         // A connection used between two sweeps stays.
-        get(&upstream, &authority).await;
+        get(&upstream).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         sweep_once();
-        get(&upstream, &authority).await;
+        get(&upstream).await;
         sweep_once();
         assert_eq!(idle_connections(&upstream), 1);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[test]
-    fn origin_form_keeps_the_path_and_query_only() {
-        let uri = Uri::from_static("https://api.example:8443/v2/a?b=1");
-        assert_eq!(origin_form(&uri), "/v2/a?b=1");
-        assert_eq!(origin_form(&Uri::from_static("https://api.example")), "/");
-    }
-
-    #[test]
     fn header_list_size_counts_as_http2_does() {
-        let request = Request::get("https://api.example:8443/v2/x?y=1")
+        let request = Request::get("/v2/x?y=1")
             .header("x-a", "bc")
             .header("x-a", "d")
             .body(())
@@ -601,14 +606,18 @@ mod tests {
             + (5 + 9 + 32)
             + (3 + 2 + 32)
             + (3 + 1 + 32);
-        assert_eq!(header_list_size(&request), expected);
+        let authority = Authority::from_static("api.example:8443");
+        assert_eq!(
+            header_list_size(&request, &Scheme::HTTPS, &authority),
+            expected
+        );
     }
 
     #[tokio::test]
     async fn a_head_over_the_limit_is_refused_unsent() {
         let upstream = upstream(0);
         // Port 9 (discard): were it sent, the error would be another.
-        let request = Request::get("http://127.0.0.1:9/")
+        let request = Request::get("/")
             .header("x-big", "x".repeat(MAX_REQUEST_HEAD))
             .body(Either::Left(Full::default()))
             .expect("request");
