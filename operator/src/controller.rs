@@ -457,16 +457,31 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
     // The operator's ConfigMaps, as metadata and by label. Only a deletion
     // or someone else's edit wakes the owner: the ConfigMap a reconcile
     // has just applied must not cause a second reconcile.
-    let configmaps = configmap_drift::changed_by_others(watcher(
-        api::<PartialObjectMeta<ConfigMap>>(&client, &scope),
-        watcher::Config::default()
-            .labels(&configmap::managed_selector())
-            .any_semantic(),
-    ));
+    // A relist after the watch failed (say, the API server restarted)
+    // shows no ConfigMap deleted in the gap: every datasource is then
+    // reconciled once, which recreates it. Not after the first list: the
+    // datasource watch's own first list reconciles them all.
+    let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
+    let mut first_list = true;
+    let configmaps = configmap_drift::changed_by_others(
+        watcher(
+            api::<PartialObjectMeta<ConfigMap>>(&client, &scope),
+            watcher::Config::default()
+                .labels(&configmap::managed_selector())
+                .any_semantic(),
+        )
+        .default_backoff()
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) && !std::mem::take(&mut first_list) {
+                let _ = relisted.unbounded_send(());
+            }
+        }),
+    );
 
     let config = controller::Config::default().concurrency(scope.concurrency);
     Controller::for_stream(datasources, reader)
         .owns_stream(configmaps)
+        .reconcile_all_on(relists)
         .watches(
             secrets,
             watcher::Config::default().any_semantic(),
