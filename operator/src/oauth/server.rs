@@ -262,12 +262,14 @@ impl Endpoint {
                 "An authorization link was opened that has expired or was already used. {}",
                 how_to_get_a_link(namespace, name)
             );
-            tokens.failure = Some(Failure {
+            let failure = Failure {
                 reason: LINK_EXPIRED.into(),
                 message: message.clone(),
-            });
-            // Best effort: the page says it whatever happens to the write.
-            let _ = stored.save(&secrets, &ds, &tokens).await;
+            };
+            // The page says it whatever happens to the write.
+            if let Err(e) = stored.save_failure(&secrets, &ds, failure).await {
+                tracing::warn!(error = %sidekey_plumbing::chain::chain(&e), "cannot record the expired link");
+            }
             return Page::new(StatusCode::GONE, "This link cannot be used", message);
         }
         let state = link::new_state(namespace, name);

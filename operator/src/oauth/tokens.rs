@@ -175,6 +175,38 @@ impl Stored {
     }
 }
 
+impl Stored {
+    /// Records `failure` over what was read; when someone else wrote the
+    /// Secret meanwhile (the leader renewing an expired link, say), onto
+    /// the Secret as it is now, up to three times: the status must come to
+    /// say what the person's page said.
+    pub async fn save_failure(
+        &self,
+        api: &Api<Secret>,
+        ds: &ApiDatasource,
+        failure: Failure,
+    ) -> Result<(), SaveError> {
+        let mut tokens = self.tokens.clone();
+        tokens.failure = Some(failure.clone());
+        let mut result = self.save(api, ds, &tokens).await;
+        for _ in 0..3 {
+            let Err(SaveError::Conflict(name)) = &result else {
+                break;
+            };
+            let fresh = Self::load(api, &ds.metadata.name.clone().unwrap_or_default())
+                .await
+                .map_err(|source| SaveError::Kube {
+                    name: name.clone(),
+                    source,
+                })?;
+            let mut tokens = fresh.tokens.clone();
+            tokens.failure = Some(failure.clone());
+            result = fresh.save(api, ds, &tokens).await;
+        }
+        result
+    }
+}
+
 impl Tokens {
     /// `self` with the issued tokens of `from` (access token, expiry,
     /// refresh token, next refresh), and no authorization in progress or
