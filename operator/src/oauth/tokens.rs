@@ -157,6 +157,37 @@ impl Stored {
         ds: &ApiDatasource,
         tokens: &Tokens,
     ) -> Result<(), SaveError> {
+        self.save_onto_fresh(api, ds, tokens, |fresh| fresh.with_issued(tokens))
+            .await
+    }
+
+    /// Records `failure` over what was read; when someone else wrote the
+    /// Secret meanwhile (the leader renewing an expired link, say), onto
+    /// the Secret as it is now, up to three times: the status must come to
+    /// say what the person's page said.
+    pub async fn save_failure(
+        &self,
+        api: &Api<Secret>,
+        ds: &ApiDatasource,
+        failure: Failure,
+    ) -> Result<(), SaveError> {
+        let with_failure = |mut tokens: Tokens| {
+            tokens.failure = Some(failure.clone());
+            tokens
+        };
+        let tokens = with_failure(self.tokens.clone());
+        self.save_onto_fresh(api, ds, &tokens, with_failure).await
+    }
+
+    /// Saves `tokens` over what was read; on a conflict, reloads the
+    /// Secret and saves `onto(what it holds now)`, up to three times.
+    async fn save_onto_fresh(
+        &self,
+        api: &Api<Secret>,
+        ds: &ApiDatasource,
+        tokens: &Tokens,
+        onto: impl Fn(Tokens) -> Tokens,
+    ) -> Result<(), SaveError> {
         let mut result = self.save(api, ds, tokens).await;
         for _ in 0..3 {
             let Err(SaveError::Conflict(name)) = &result else {
@@ -168,40 +199,8 @@ impl Stored {
                     name: name.clone(),
                     source,
                 })?;
-            let merged = fresh.tokens.clone().with_issued(tokens);
+            let merged = onto(fresh.tokens.clone());
             result = fresh.save(api, ds, &merged).await;
-        }
-        result
-    }
-}
-
-impl Stored {
-    /// Records `failure` over what was read; when someone else wrote the
-    /// Secret meanwhile (the leader renewing an expired link, say), onto
-    /// the Secret as it is now, up to three times: the status must come to
-    /// say what the person's page said.
-    pub async fn save_failure(
-        &self,
-        api: &Api<Secret>,
-        ds: &ApiDatasource,
-        failure: Failure,
-    ) -> Result<(), SaveError> {
-        let mut tokens = self.tokens.clone();
-        tokens.failure = Some(failure.clone());
-        let mut result = self.save(api, ds, &tokens).await;
-        for _ in 0..3 {
-            let Err(SaveError::Conflict(name)) = &result else {
-                break;
-            };
-            let fresh = Self::load(api, &ds.metadata.name.clone().unwrap_or_default())
-                .await
-                .map_err(|source| SaveError::Kube {
-                    name: name.clone(),
-                    source,
-                })?;
-            let mut tokens = fresh.tokens.clone();
-            tokens.failure = Some(failure.clone());
-            result = fresh.save(api, ds, &tokens).await;
         }
         result
     }
