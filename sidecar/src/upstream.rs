@@ -152,10 +152,8 @@ impl Upstream {
             scheme: scheme.clone(),
             authority: authority.clone(),
             origin,
-            host: HeaderValue::from_maybe_shared(Bytes::copy_from_slice(
-                authority.as_str().as_bytes(),
-            ))
-            .unwrap_or_else(|_| HeaderValue::from_static("")),
+            host: HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
         };
         Self {
             settings: Arc::new(settings),
@@ -163,9 +161,9 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` (origin-form URI) to the upstream and waits for the response
-    /// head, at most the configured timeout. The response body streams
-    /// afterwards. A request whose head is over [`MAX_REQUEST_HEAD`] is
+    /// Sends `request` (origin-form URI) to the upstream and waits for the
+    /// response head, at most the configured timeout. The response body
+    /// streams afterwards. A request whose head is over [`MAX_REQUEST_HEAD`] is
     /// refused here, unsent.
     pub async fn send(
         &self,
