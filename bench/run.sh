@@ -50,10 +50,10 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # ---------------------------------------------------------------- sidecar
 SIDEKEY_STATUS=ok
+target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -n "${SIDEKEY_BIN:-}" ]; then
     [ -x "$SIDEKEY_BIN" ] || die "SIDEKEY_BIN=$SIDEKEY_BIN is not executable"
 else
-    target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
     SIDEKEY_BIN="$target_dir/release/sidekey-sidecar"
     log "building sidekey-sidecar (release) into $target_dir"
     if ! (cd "$ROOT" && cargo build --release -q -p sidekey-sidecar); then
@@ -70,7 +70,6 @@ MINIMAL_STATUS=ok
 if [ -n "${MINIMAL_BIN:-}" ]; then
     [ -x "$MINIMAL_BIN" ] || die "MINIMAL_BIN=$MINIMAL_BIN is not executable"
 elif [ -z "${BENCH_SCENARIOS:-}" ] || grep -qw minimal1 <<<"$BENCH_SCENARIOS"; then
-    target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
     MINIMAL_BIN="$target_dir/release/examples/minimal_proxy"
     log "building the minimal hyper proxy (release) into $target_dir"
     (cd "$ROOT" && cargo build --release -q -p sidekey-sidecar --example minimal_proxy) ||
@@ -449,6 +448,20 @@ check_through() { # key url [curl args...]: one request must come back 200 with 
     TLS[$key]=$(tr -d '\r' <"$TMP/check-headers.txt" | awk -F': ' 'tolower($1) == "x-upstream-tls" {print $2}')
 }
 
+# measure_proxy key pid url: the proxy's idle RSS, one request checked
+# through it (returns 1 if that fails), then the measured run, whose figures
+# are kept with the RSS idle and at peak.
+measure_proxy() {
+    local key=$1 pid=$2 url=$3 idle
+    idle=$(mem_kb VmRSS "$pid")
+    check_through "$key" "$url" || return 1
+    if measure "$key" "$pid" "$url"; then
+        keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
+    fi
+}
+
+threads_of() { echo "$(awk '$1 == "Threads:" {print $2}' "/proc/$1/status") threads"; }
+
 # ---------------------------------------------------------------- nginx proxy
 nginx_proxy_conf() { # workers port
     local workers=$1 port=$2
@@ -560,16 +573,11 @@ run_sidekey() {
         stop_pid "$pid"; forget_pid "$pid"; return
     fi
     sleep 0.5
-    local idle
-    idle=$(mem_kb VmRSS "$pid")
-    THREADS[$key]="$(awk '$1 == "Threads:" {print $2}' "/proc/$pid/status") threads"
-    if ! check_through "$key" "http://127.0.0.1:$port$path"; then
+    THREADS[$key]=$(threads_of "$pid")
+    if ! measure_proxy "$key" "$pid" "http://127.0.0.1:$port$path"; then
         STATUS[$key]="failed (a request through sidekey did not get 200)"
         tail -n 20 "$TMP/sidekey-$key.log" >&2 || true
         stop_pid "$pid"; forget_pid "$pid"; return
-    fi
-    if measure "$key" "$pid" "http://127.0.0.1:$port$path"; then
-        keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
     fi
     if grep -q -i 'error\|panick' "$TMP/sidekey-$key.log"; then
         log "$label: the sidecar logged errors:"; grep -i -m 5 'error\|panick' "$TMP/sidekey-$key.log" >&2 || true
@@ -587,15 +595,10 @@ run_nginx_proxy() {
     pid=$STARTED_PID
     wait_http "http://127.0.0.1:$port/ping" || die "nginx proxy did not come up: $(cat "$TMP/proxy-$workers/error.log")"
     sleep 0.3
-    local idle
-    idle=$(mem_kb VmRSS "$pid")
     local n
     n=$(pgrep -c -P "$pid" || true)
     if [ "$n" = 1 ]; then THREADS[$key]="1 worker process"; else THREADS[$key]="$n worker processes"; fi
-    check_through "$key" "http://127.0.0.1:$port/ping" || die "nginx proxy does not pass requests"
-    if measure "$key" "$pid" "http://127.0.0.1:$port/ping"; then
-        keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
-    fi
+    measure_proxy "$key" "$pid" "http://127.0.0.1:$port/ping" || die "nginx proxy does not pass requests"
     stop_nginx "$pid"; forget_pid "$pid"
 }
 
@@ -610,13 +613,8 @@ run_minimal() {
     PIDS+=("$pid")
     wait_http "http://127.0.0.1:$port/ping" || die "the minimal proxy did not come up: $(cat "$TMP/minimal.log")"
     sleep 0.3
-    local idle
-    idle=$(mem_kb VmRSS "$pid")
-    THREADS[$key]="$(awk '$1 == "Threads:" {print $2}' "/proc/$pid/status") threads"
-    check_through "$key" "http://127.0.0.1:$port/ping" || die "the minimal proxy does not pass requests"
-    if measure "$key" "$pid" "http://127.0.0.1:$port/ping"; then
-        keep "$key" "$(mib "$idle") → $(mib "$(mem_kb VmHWM "$pid")")"
-    fi
+    THREADS[$key]=$(threads_of "$pid")
+    measure_proxy "$key" "$pid" "http://127.0.0.1:$port/ping" || die "the minimal proxy does not pass requests"
     stop_pid "$pid"; forget_pid "$pid"
 }
 
