@@ -64,17 +64,27 @@ if [ "$SIDEKEY_STATUS" = ok ] && ! "$SIDEKEY_BIN" --help 2>/dev/null | grep -q -
     SIDEKEY_STATUS="pending (sidekey-sidecar has no --datasource flag yet)"
 fi
 SIDEKEY_HELP=$("$SIDEKEY_BIN" --help 2>/dev/null || true)
-# The minimal hyper proxy (sidecar/examples/minimal_proxy.rs) of the
-# `minimal1` row, built unless BENCH_SCENARIOS leaves that row out.
-MINIMAL_STATUS=ok
-if [ -n "${MINIMAL_BIN:-}" ]; then
-    [ -x "$MINIMAL_BIN" ] || die "MINIMAL_BIN=$MINIMAL_BIN is not executable"
-elif [ -z "${BENCH_SCENARIOS:-}" ] || grep -qw minimal1 <<<"$BENCH_SCENARIOS"; then
-    MINIMAL_BIN="$target_dir/release/examples/minimal_proxy"
-    log "building the minimal hyper proxy (release) into $target_dir"
-    (cd "$ROOT" && cargo build --release -q -p sidekey-sidecar --example minimal_proxy) ||
-        MINIMAL_STATUS="pending (sidecar/examples/minimal_proxy.rs does not build)"
-fi
+# The two floors the sidecar is measured against, rows `minimal1` (a
+# minimal hyper proxy, sidecar/examples/minimal_proxy.rs) and `framing1`
+# (own HTTP/1 framing on httparse, sidecar/examples/framing_floor.rs): each
+# built unless BENCH_SCENARIOS leaves its row out; MINIMAL_BIN and
+# FRAMING_BIN name prebuilt ones.
+declare -A FLOOR_BIN FLOOR_STATUS
+floor_row() { # key example prebuilt
+    local key=$1 example=$2 prebuilt=$3
+    FLOOR_STATUS[$key]=ok
+    if [ -n "$prebuilt" ]; then
+        [ -x "$prebuilt" ] || die "$prebuilt is not executable"
+        FLOOR_BIN[$key]=$prebuilt
+    elif [ -z "${BENCH_SCENARIOS:-}" ] || grep -qw "$key" <<<"$BENCH_SCENARIOS"; then
+        FLOOR_BIN[$key]="$target_dir/release/examples/$example"
+        log "building sidecar/examples/$example.rs (release) into $target_dir"
+        (cd "$ROOT" && cargo build --release -q -p sidekey-sidecar --example "$example") ||
+            FLOOR_STATUS[$key]="pending (sidecar/examples/$example.rs does not build)"
+    fi
+}
+floor_row minimal1 minimal_proxy "${MINIMAL_BIN:-}"
+floor_row framing1 framing_floor "${FRAMING_BIN:-}"
 
 # ---------------------------------------------------------------- processes
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sidekey-bench.XXXXXX")
@@ -287,7 +297,7 @@ parse_ms() { # "1.23ms" -> 1.23
 # Results per scenario key. A scenario runs once per round; the round with
 # the highest req/s is reported (other agents' bursts on a shared machine only
 # ever lower a figure), and every round's req/s is listed beside it.
-SCENARIOS=(direct nginx1 minimal1 bearer1 oauth1 nginxauto bearerauto oauthauto)
+SCENARIOS=(direct nginx1 minimal1 framing1 bearer1 oauth1 nginxauto bearerauto oauthauto)
 declare -A LABEL RPS P50 P99 ERRORS CPU UP_CPU CPU_US SYSCALLS RSS STATUS ROUNDS THREADS TLS
 
 # run_wrk file [wrk args...]: wrk pinned to the load CPU, output to file. It
@@ -602,19 +612,20 @@ run_nginx_proxy() {
     stop_nginx "$pid"; forget_pid "$pid"
 }
 
-# run_minimal key: one round of the minimal hyper proxy, on the proxy CPU.
-run_minimal() {
-    local key=$1 label=${LABEL[$1]} port pid
-    if [ "$MINIMAL_STATUS" != ok ]; then STATUS[$key]=$MINIMAL_STATUS; return; fi
+# run_floor key: one round of a floor proxy (minimal1, framing1), on the
+# proxy CPU.
+run_floor() {
+    local key=$1 port pid
+    if [ "${FLOOR_STATUS[$key]}" != ok ]; then STATUS[$key]=${FLOOR_STATUS[$key]}; return; fi
     port=$(free_port)
-    taskset -c "$PROXY_CPU" "$MINIMAL_BIN" "127.0.0.1:$port" "$UPSTREAM/bearer" "$TMP/pki/ca.crt" "$BEARER_TOKEN" \
-        >"$TMP/minimal.log" 2>&1 &
+    taskset -c "$PROXY_CPU" "${FLOOR_BIN[$key]}" "127.0.0.1:$port" "$UPSTREAM/bearer" "$TMP/pki/ca.crt" "$BEARER_TOKEN" \
+        >"$TMP/$key.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    wait_http "http://127.0.0.1:$port/ping" || die "the minimal proxy did not come up: $(cat "$TMP/minimal.log")"
+    wait_http "http://127.0.0.1:$port/ping" || die "the $key proxy did not come up: $(cat "$TMP/$key.log")"
     sleep 0.3
     THREADS[$key]=$(threads_of "$pid")
-    measure_proxy "$key" "$pid" "http://127.0.0.1:$port/ping" || die "the minimal proxy does not pass requests"
+    measure_proxy "$key" "$pid" "http://127.0.0.1:$port/ping" || die "the $key proxy does not pass requests"
     stop_pid "$pid"; forget_pid "$pid"
 }
 
@@ -687,6 +698,7 @@ ROUNDS_N=${BENCH_ROUNDS:-2}
 LABEL[direct]="upstream directly (HTTPS, no proxy)"
 LABEL[nginx1]="nginx proxy, 1 worker, CPU $PROXY_CPU"
 LABEL[minimal1]="minimal hyper proxy (examples/minimal_proxy.rs), CPU $PROXY_CPU"
+LABEL[framing1]="own HTTP/1 framing floor (examples/framing_floor.rs), CPU $PROXY_CPU"
 LABEL[bearer1]="sidekey bearer, 1 worker thread, CPU $PROXY_CPU"
 LABEL[oauth1]="sidekey OAuth2 + signature, 1 worker thread, CPU $PROXY_CPU"
 LABEL[nginxauto]="nginx proxy, worker_processes auto ($NCPU), any CPU"
@@ -709,7 +721,8 @@ for round in $(seq 1 "$ROUNDS_N"); do
         keep direct "n/a"
     fi
     if wanted nginx1; then run_nginx_proxy nginx1 1; fi
-    if wanted minimal1; then run_minimal minimal1; fi
+    if wanted minimal1; then run_floor minimal1; fi
+    if wanted framing1; then run_floor framing1; fi
     if wanted bearer1; then run_sidekey bearer1 "$TMP/bearer.yaml" 1 /ping; fi
     if wanted oauth1; then run_sidekey oauth1 "$OAUTH_DS" 1 /ping; fi
     if wanted nginxauto; then run_nginx_proxy nginxauto auto; fi
@@ -765,6 +778,7 @@ GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "Throughput ratio sidekey OAuth2 + signature / nginx: **$(ratio oauth1 nginx1)** with 1 worker on 1 CPU, **$(ratio oauthauto nginxauto)** with default/auto workers."
     echo "System calls per request: nginx ${SYSCALLS[nginx1]:-n/a}, sidekey bearer ${SYSCALLS[bearer1]:-n/a}, sidekey OAuth2 + signature ${SYSCALLS[oauth1]:-n/a}, with 1 worker."
     echo "CPU per request sidekey bearer / nginx: $(ratio_of CPU_US bearer1 nginx1) with 1 worker, $(ratio_of CPU_US bearerauto nginxauto) with default/auto workers; sidekey OAuth2 + signature / nginx: $(ratio_of CPU_US oauth1 nginx1), $(ratio_of CPU_US oauthauto nginxauto)."
+    echo "CPU per request of the floors / nginx, 1 CPU: minimal hyper proxy $(ratio_of CPU_US minimal1 nginx1), own HTTP/1 framing $(ratio_of CPU_US framing1 nginx1) (not products: the floors of two designs; the framing floor's req/s is bounded by CPU $LOAD_CPU, wrk and the upstream, when its proxy CPU is under ~95 %)."
     echo
     echo "req/s, p50, p99, errors, CPU and RSS are from the round with the highest req/s. Errors: non-2xx answers plus socket errors (the upstream answers 401 when the credentials are missing). Proxy CPU: CPU time the proxy's processes used during the measured run, in % of one CPU, and per request. Syscalls/req: the proxy's system calls over the warm-up (perf stat, exact) per warm-up request ("n/a" where perf cannot count). RSS: VmRSS after start (idle) and VmHWM after the run (peak); for nginx the sum over master and workers. Threads: the sidecar's OS threads at idle, from /proc. Upstream TLS: the version the upstream saw negotiated by the row's client (curl for the direct row; wrk uses the same OpenSSL)."
 } >"$TMP/results.md"
