@@ -20,15 +20,15 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use http::Uri;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-type Failed = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::Failed;
 
 /// Headers a proxy does not forward (RFC 9110 7.6.1), plus the two it sets.
 const DROPPED: [&str; 10] = [
@@ -54,21 +54,8 @@ struct Target {
 }
 
 fn main() -> Result<(), Failed> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, upstream, ca, token] = args.as_slice() else {
-        return Err("usage: framing_floor LISTEN UPSTREAM_URL CA_FILE TOKEN".into());
-    };
-    let upstream: Uri = upstream.parse()?;
+    let (listen, upstream, tls, token) = common::args("framing_floor")?;
     let authority = upstream.authority().ok_or("the upstream URL has no host")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let target = Rc::new(Target {
         addr: format!(
             "{}:{}",

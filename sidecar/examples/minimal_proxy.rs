@@ -24,28 +24,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
-type Failed = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::Failed;
 
 fn main() -> Result<(), Failed> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, upstream, ca, token] = args.as_slice() else {
-        return Err("usage: minimal_proxy LISTEN UPSTREAM_URL CA_FILE TOKEN".into());
-    };
-    let upstream: Uri = upstream.parse()?;
+    let (listen, upstream, tls, token) = common::args("minimal_proxy")?;
     let base = upstream.path().trim_end_matches('/').to_owned();
     let bearer = HeaderValue::try_from(format!("Bearer {token}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
