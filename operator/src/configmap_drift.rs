@@ -13,8 +13,8 @@ use sidekey_crds::names::FIELD_MANAGER;
 /// changed; markers and the operator's own writes are dropped.
 ///
 /// A ConfigMap deleted while the watch was down is not seen here (the
-/// relist simply lacks it); the periodic re-check of every valid
-/// datasource recreates it.
+/// relist simply lacks it); the controller reconciles every datasource
+/// after a relist (`list_signals`), which recreates it.
 pub fn changed_by_others<K, S>(events: S) -> impl Stream<Item = watcher::Result<K>>
 where
     K: Resource,

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use futures::{StreamExt, TryStreamExt};
+use futures::channel::{mpsc, oneshot};
+use futures::{StreamExt, TryStreamExt, future, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::configmap;
 use crate::configmap_drift;
 use crate::error::{Chain, DatasourceError, ReconcileError};
+use crate::list_signals;
 use crate::metrics::Metrics;
 use crate::oauth::{self, refresh::Authorization};
 use crate::secrets_index::SecretsIndex;
@@ -449,53 +451,64 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
 
+    // Reconciling waits until the Secret and ConfigMap watches have listed
+    // (see `list_signals`): a Secret deleted between a datasource's first
+    // reconcile and a slow first list of Secrets would otherwise be seen by
+    // neither. Their later relists (after a watch failed) each have every
+    // datasource reconciled once, for what was deleted in the gap.
+    let (relisted, relists) = mpsc::unbounded::<()>();
+    let (secrets_synced, secrets_listed) = oneshot::channel();
+    let (configmaps_synced, configmaps_listed) = oneshot::channel();
+    let datasources = stream::once(async move {
+        let _ = future::join(secrets_listed, configmaps_listed).await;
+        tracing::debug!("the Secret and ConfigMap watches have listed; reconciling");
+        datasources
+    })
+    .flatten();
+
     // Secrets as metadata only (`PartialObjectMeta` makes metadata-only
     // requests) and no store: memory does not grow with the number of
     // Secrets; values are read by GET when reconciling.
-    let secrets = api::<PartialObjectMeta<Secret>>(&client, &scope);
+    let secrets = list_signals::signal_lists(
+        watcher(
+            api::<PartialObjectMeta<Secret>>(&client, &scope),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff(),
+        secrets_synced,
+        relisted.clone(),
+    )
+    .touched_objects();
 
     // The operator's ConfigMaps, as metadata and by label. Only a deletion
     // or someone else's edit wakes the owner: the ConfigMap a reconcile
     // has just applied must not cause a second reconcile.
-    // A relist after the watch failed (say, the API server restarted)
-    // shows no ConfigMap deleted in the gap: every datasource is then
-    // reconciled once, which recreates it. Not after the first list: the
-    // datasource watch's own first list reconciles them all.
-    let (relisted, relists) = futures::channel::mpsc::unbounded::<()>();
-    let mut first_list = true;
-    let configmaps = configmap_drift::changed_by_others(
+    let configmaps = configmap_drift::changed_by_others(list_signals::signal_lists(
         watcher(
             api::<PartialObjectMeta<ConfigMap>>(&client, &scope),
             watcher::Config::default()
                 .labels(&configmap::managed_selector())
                 .any_semantic(),
         )
-        .default_backoff()
-        .inspect_ok(move |event| {
-            if matches!(event, watcher::Event::InitDone) && !std::mem::take(&mut first_list) {
-                let _ = relisted.unbounded_send(());
-            }
-        }),
-    );
+        .default_backoff(),
+        configmaps_synced,
+        relisted,
+    ));
 
     let config = controller::Config::default().concurrency(scope.concurrency);
     Controller::for_stream(datasources, reader)
         .owns_stream(configmaps)
         .reconcile_all_on(relists)
-        .watches(
-            secrets,
-            watcher::Config::default().any_semantic(),
-            move |secret| {
-                let ns = secret.metadata.namespace.unwrap_or_default();
-                let name = secret.metadata.name.unwrap_or_default();
-                // A token Secret changed (the authorization endpoint wrote
-                // it): its datasource puts that in its status.
-                let owner = name
-                    .strip_suffix(OAUTH_TOKEN_SECRET_SUFFIX)
-                    .map(|ds| ObjectRef::new(ds).within(&ns));
-                index.datasources_for(&ns, &name).into_iter().chain(owner)
-            },
-        )
+        .watches_stream(secrets, move |secret| {
+            let ns = secret.metadata.namespace.unwrap_or_default();
+            let name = secret.metadata.name.unwrap_or_default();
+            // A token Secret changed (the authorization endpoint wrote
+            // it): its datasource puts that in its status.
+            let owner = name
+                .strip_suffix(OAUTH_TOKEN_SECRET_SUFFIX)
+                .map(|ds| ObjectRef::new(ds).within(&ns));
+            index.datasources_for(&ns, &name).into_iter().chain(owner)
+        })
         .with_config(config)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)

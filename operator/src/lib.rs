@@ -11,6 +11,7 @@ pub mod configmap_drift;
 pub mod controller;
 pub mod error;
 pub mod leader;
+pub mod list_signals;
 pub mod metrics;
 pub mod oauth;
 pub mod secrets_index;

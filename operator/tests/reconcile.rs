@@ -426,6 +426,38 @@ async fn deleting_a_referenced_secret_turns_ready_false_and_keeps_the_configmap(
     assert_eq!(during.data, before.data);
 }
 
+/// Reconciling waits until the operator's Secret watch has listed, so a
+/// Secret deleted after the datasource appeared but before that list is
+/// still seen (the race behind a flaky run of the test above: the first
+/// reconcile read the Secret, it was deleted, and a slow first list of
+/// Secrets no longer had it, so no event came). Here taking `list` on
+/// Secrets away holds the list back for as long as the test needs.
+#[tokio::test]
+async fn a_secret_deleted_before_the_secret_watch_listed_is_seen() {
+    let bed = Bed::new("op-secretsync").await;
+    bed.put_secret("signing", &[("key", KEY_32)]).await;
+    bed.withhold_secret_listing().await;
+    let op = bed.start_operator(OperatorOptions::default());
+    bed.create_datasource(SIGNED).await;
+    // Time for a reconcile that does not wait: it would read the Secret and
+    // say Ready=True.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let ds = bed.datasources().get("signed").await.expect("datasource");
+    assert_eq!(ready(&ds), None, "reconciled before Secrets were listed");
+
+    bed.secrets()
+        .delete("signing", &DeleteParams::default())
+        .await
+        .expect("deleting Secret");
+    bed.restore_secret_listing().await;
+    bed.wait_ready("signed", "False", "SecretNotFound").await;
+    let logs = op.logs();
+    assert!(
+        logs.contains("secrets") && logs.contains("forbidden"),
+        "the refused Secret watch is logged:\n{logs}"
+    );
+}
+
 #[tokio::test]
 async fn configmap_deleted_by_hand_is_recreated() {
     let bed = Bed::new("op-cmgone").await;

@@ -280,7 +280,7 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
         .await
         .expect("applying Role");
 
-    let sa_name = "sidekey-operator";
+    let sa_name = OPERATOR_ACCOUNT;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     sas.create(
         &PostParams::default(),
@@ -291,21 +291,11 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
     .expect("creating ServiceAccount");
     // A RoleBinding to the ClusterRole grants it in this namespace only,
     // which is all an operator started with --namespace watches.
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
     for (binding, kind, role) in [
-        ("sidekey-operator", "ClusterRole", cr_name.as_str()),
+        (OPERATOR_BINDING, "ClusterRole", cr_name.as_str()),
         ("sidekey-operator-own-namespace", "Role", role_name.as_str()),
     ] {
-        let rb: RoleBinding = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": binding},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": ns}],
-        }))
-        .expect("RoleBinding");
-        bindings
-            .create(&PostParams::default(), &rb)
-            .await
-            .unwrap_or_else(|e| panic!("creating RoleBinding {binding}: {e}"));
+        bind_operator(client, ns, binding, kind, role).await;
     }
 
     // The webhook configuration is cluster-scoped: a ClusterRoleBinding,
@@ -322,6 +312,79 @@ async fn bind_operator_roles(client: &Client, ns: &str) -> String {
         .expect("creating ClusterRoleBinding");
 
     sidekey_tests::service_account_token(client, ns, sa_name).await
+}
+
+/// The RoleBinding of the ClusterRole `sidekey-operator` in a bed's namespace.
+const OPERATOR_BINDING: &str = "sidekey-operator";
+/// The operator's ServiceAccount in each bed's namespace.
+const OPERATOR_ACCOUNT: &str = "sidekey-operator";
+/// The Role that stands in for the ClusterRole while Secrets may not be
+/// listed (`Bed::withhold_secret_listing`).
+const NO_SECRET_LISTING: &str = "sidekey-operator-no-secret-listing";
+
+/// Binds `kind`/`role` to the operator's ServiceAccount in `ns`.
+async fn bind_operator(client: &Client, ns: &str, binding: &str, kind: &str, role: &str) {
+    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": binding},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": ns}],
+    }))
+    .expect("RoleBinding");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .unwrap_or_else(|e| panic!("creating RoleBinding {binding}: {e}"));
+}
+
+impl Bed {
+    /// Takes `list` and `watch` on Secrets away from the operator in this
+    /// namespace, everything else of `operator/rbac.yaml` kept: the
+    /// ClusterRole's binding is replaced by a Role with the same rules
+    /// minus those two verbs. Undone by [`Bed::restore_secret_listing`].
+    pub async fn withhold_secret_listing(&self) {
+        let (mut cluster_role, _, _) = rbac_documents();
+        for rule in cluster_role.rules.iter_mut().flatten() {
+            if rule.resources.iter().flatten().any(|r| r == "secrets") {
+                rule.verbs.retain(|v| v != "list" && v != "watch");
+            }
+        }
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": NO_SECRET_LISTING},
+            "rules": cluster_role.rules,
+        }))
+        .expect("Role");
+        Api::<Role>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &role)
+            .await
+            .expect("creating the Role without Secret listing");
+        bind_operator(
+            &self.client,
+            &self.ns,
+            NO_SECRET_LISTING,
+            "Role",
+            NO_SECRET_LISTING,
+        )
+        .await;
+        Api::<RoleBinding>::namespaced(self.client.clone(), &self.ns)
+            .delete(OPERATOR_BINDING, &Default::default())
+            .await
+            .expect("deleting the operator's RoleBinding");
+    }
+
+    /// Gives the operator its ClusterRole back (see
+    /// [`Bed::withhold_secret_listing`]).
+    pub async fn restore_secret_listing(&self) {
+        let (cluster_role, _, _) = rbac_documents();
+        let name = cluster_role.metadata.name.expect("ClusterRole name");
+        bind_operator(
+            &self.client,
+            &self.ns,
+            OPERATOR_BINDING,
+            "ClusterRole",
+            &name,
+        )
+        .await;
+    }
 }
 
 fn typed<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
