@@ -37,7 +37,9 @@ const REASONS: [&str; 4] = [
 fn url() -> BoxedStrategy<String> {
     (
         prop_oneof![Just("http"), Just("https")],
-        "[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5}){0,2}",
+        // No "--" in a label: "xn--" opens a punycode label, and a bare
+        // one is an invalid international domain name (CI found "http://xn--").
+        "[a-z][a-z0-9]{0,5}(-[a-z0-9]{1,4})?(\\.[a-z]{2,5}){0,2}",
         proptest::option::of(1u16..),
         "(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,8}){0,4}/?",
         proptest::option::of("[A-Za-z0-9_]{1,5}=[A-Za-z0-9_]{0,5}"),
