@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::channel::{mpsc, oneshot};
-use futures::{StreamExt, TryStreamExt, future, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -41,6 +41,8 @@ pub const RESYNC: Duration = Duration::from_secs(10 * 60);
 /// [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// How often a warning names the watches that reconciling still waits for.
+const LISTING_WARN_EVERY: Duration = Duration::from_secs(30);
 /// Events carry at most 1 kB of note.
 const MAX_NOTE_BYTES: usize = 1024;
 /// What `kubectl apply` keeps on an object: a copy of the whole manifest.
@@ -460,7 +462,22 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: CancellationToken) {
     let (secrets_synced, secrets_listed) = oneshot::channel();
     let (configmaps_synced, configmaps_listed) = oneshot::channel();
     let datasources = stream::once(async move {
-        let _ = future::join(secrets_listed, configmaps_listed).await;
+        list_signals::until_listed(
+            vec![
+                ("Secrets", secrets_listed),
+                ("ConfigMaps", configmaps_listed),
+            ],
+            LISTING_WARN_EVERY,
+            |watches| {
+                tracing::warn!(
+                    ?watches,
+                    "no datasource is reconciled until these watches have listed; \
+                     check that the operator may list and watch them (RBAC) and that \
+                     the API server answers"
+                )
+            },
+        )
+        .await;
         tracing::debug!("the Secret and ConfigMap watches have listed; reconciling");
         datasources
     })

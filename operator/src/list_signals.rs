@@ -5,8 +5,12 @@
 //! shows nothing of an object deleted in the gap, so the controller looks
 //! at every datasource once.
 
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Duration;
+
 use futures::channel::{mpsc, oneshot};
-use futures::{Stream, TryStreamExt};
+use futures::{FutureExt, Stream, TryStreamExt};
 use kube::runtime::watcher;
 
 /// `events` unchanged; their first `InitDone` fires `synced`, each later one
@@ -32,6 +36,36 @@ where
             }
         }
     })
+}
+
+/// Returns once every watch in `waiting` has listed (or its stream has
+/// ended). Every `every` until then, `still_waiting` gets the names of the
+/// watches that have not: a watch that cannot list (the operator may not
+/// list Secrets) otherwise shows only as the watcher's retries, while no
+/// datasource is reconciled.
+pub async fn until_listed(
+    mut waiting: Vec<(&'static str, oneshot::Receiver<()>)>,
+    every: Duration,
+    mut still_waiting: impl FnMut(&[&'static str]),
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        let all_listed = poll_fn(|cx| {
+            waiting.retain_mut(|(_, listed)| listed.poll_unpin(cx).is_pending());
+            if waiting.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::select! {
+            () = all_listed => return,
+            _ = ticks.tick() => {
+                let names: Vec<_> = waiting.iter().map(|(name, _)| *name).collect();
+                still_waiting(&names);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +108,38 @@ mod tests {
         let mut passed = Box::pin(signal_lists(stream::iter(events), synced, relisted));
         assert!(passed.next().await.is_some());
         assert_eq!(is_synced.try_recv(), Ok(None), "not synced before InitDone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_names_the_watches_that_have_not_listed_until_all_have() {
+        let (secrets_synced, secrets_listed) = oneshot::channel();
+        let (configmaps_synced, configmaps_listed) = oneshot::channel::<()>();
+        let warned = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = warned.clone();
+        let waiting = tokio::spawn(until_listed(
+            vec![
+                ("secrets", secrets_listed),
+                ("configmaps", configmaps_listed),
+            ],
+            Duration::from_secs(30),
+            move |names| log.lock().expect("lock").push(names.to_vec()),
+        ));
+
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(!waiting.is_finished(), "nothing listed yet");
+        secrets_synced.send(()).expect("waiting");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!waiting.is_finished(), "the ConfigMaps have not listed");
+        // A watch whose stream ended (its sender dropped) waits no longer.
+        drop(configmaps_synced);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("done once both have listed or ended")
+            .expect("no panic");
+
+        assert_eq!(
+            *warned.lock().expect("lock"),
+            vec![vec!["secrets", "configmaps"], vec!["configmaps"]]
+        );
     }
 }

@@ -439,9 +439,26 @@ async fn a_secret_deleted_before_the_secret_watch_listed_is_seen() {
     bed.withhold_secret_listing().await;
     let op = bed.start_operator(OperatorOptions::default());
     bed.create_datasource(SIGNED).await;
-    // Time for a reconcile that does not wait: it would read the Secret and
-    // say Ready=True.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The wait is not silent: after 30 s a warning names the watch that
+    // has not listed. Meanwhile a reconcile that did not wait would have
+    // read the Secret and said Ready=True.
+    let warned = sidekey_tests::wait_for(
+        "the warning naming the Secret watch",
+        std::time::Duration::from_secs(60),
+        || {
+            let logs = op.logs();
+            std::future::ready(
+                logs.lines()
+                    .find(|l| l.contains("no datasource is reconciled until"))
+                    .map(str::to_owned),
+            )
+        },
+    )
+    .await;
+    assert!(
+        warned.contains("Secrets") && !warned.contains("ConfigMaps"),
+        "it names the Secret watch only: {warned}"
+    );
     let ds = bed.datasources().get("signed").await.expect("datasource");
     assert_eq!(ready(&ds), None, "reconciled before Secrets were listed");
 
@@ -450,7 +467,17 @@ async fn a_secret_deleted_before_the_secret_watch_listed_is_seen() {
         .await
         .expect("deleting Secret");
     bed.restore_secret_listing().await;
-    bed.wait_ready("signed", "False", "SecretNotFound").await;
+    // After half a minute of refusals the watcher's next try may be a
+    // minute away (kube-runtime's default backoff: doubling from 0.8 s up
+    // to 30 s, plus as much again of jitter).
+    bed.wait_condition_within(
+        "signed",
+        "Ready",
+        "False",
+        "SecretNotFound",
+        std::time::Duration::from_secs(75),
+    )
+    .await;
     let logs = op.logs();
     assert!(
         logs.contains("secrets") && logs.contains("forbidden"),

@@ -128,13 +128,26 @@ impl Bed {
         status: &str,
         reason: &str,
     ) -> ApiDatasource {
+        self.wait_condition_within(name, type_, status, reason, WAIT)
+            .await
+    }
+
+    /// [`Self::wait_condition`] with another time limit.
+    pub async fn wait_condition_within(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+        within: Duration,
+    ) -> ApiDatasource {
         let api = self.datasources();
         sidekey_tests::wait_for(
             &format!(
                 "ApiDatasource {}/{name} {type_}={status} reason={reason}",
                 self.ns
             ),
-            WAIT,
+            within,
             || async {
                 let ds = api.get_opt(name).await.ok().flatten()?;
                 let c = condition(&ds, type_)?;
